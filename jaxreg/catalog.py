@@ -1,0 +1,179 @@
+"""The registry of every jaxreg component: what it is, where it comes from, what it matches.
+
+Researchers browse by paper, so each entry names its paper (title and arXiv id), its family,
+the implementation it agrees with numerically, and whether jaxreg or optax provides it. The
+contract tests (``tests/test_contract.py``) run every entry through the same checks, driven by
+``inputs`` (the call signature) and ``hparams`` (the numeric hyperparameters with the defaults
+the function uses; each may be a traced array, so the tests vmap over each).
+
+``jaxreg list [--family F]`` prints this table.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from types import MappingProxyType
+
+import optax
+
+from jaxreg.losses import classification, noisy_labels, self_distillation
+
+# Call signatures the contract tests know how to feed (see tests/test_contract.py).
+INPUT_KINDS = {
+    "logits, labels": "logits [B, K] float, labels [B] int -> loss [B]",
+    "logits, targets": "logits [B, K] float, multi-hot targets [B, K] -> loss [B]",
+    "logits, labels, class_counts": "logits [B, K], labels [B] int, counts [K] -> loss [B]",
+    "features, centers, labels": "features [B, D], class centers [K, D], labels [B] -> loss [B]",
+    "logits, labels, example_state": (
+        "logits [B, K], labels [B] int, per-example state [B, K] -> (loss [B], new state [B, K])"),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Entry:
+    """One catalog row."""
+    name: str
+    fn: Callable
+    family: str
+    paper: str
+    arxiv: str
+    reference: str
+    inputs: str = "logits, labels"
+    hparams: Mapping[str, float] = MappingProxyType({})
+    provider: str = "jaxreg"
+
+    def __post_init__(self):
+        if self.inputs not in INPUT_KINDS:
+            raise ValueError(f"Entry {self.name!r}: unknown inputs {self.inputs!r}; "
+                             f"expected one of {sorted(INPUT_KINDS)}.")
+        object.__setattr__(self, "hparams", MappingProxyType(dict(self.hparams)))
+
+
+_POLY = "PolyLoss: A Polynomial Expansion Perspective of Classification Loss Functions (2022)"
+_FOCAL = "Focal Loss for Dense Object Detection (2017)"
+_APL = "Normalized Loss Functions for Deep Learning with Noisy Labels (2020)"
+_APL_CODE = "HanxunH/Active-Passive-Losses loss.py"
+_IMBALANCE = ("Escaping Saddle Points for Effective Generalization on Class-Imbalanced Data "
+              "(2022)")
+
+ENTRIES: tuple[Entry, ...] = (
+    # -- Classification -------------------------------------------------------------------
+    Entry("cross_entropy", optax.losses.softmax_cross_entropy_with_integer_labels,
+          "classification", "(baseline) softmax cross-entropy", "-",
+          "optax.losses.softmax_cross_entropy_with_integer_labels", provider="optax"),
+    Entry("poly1_cross_entropy", classification.poly1_cross_entropy, "classification",
+          _POLY, "2204.12511", "optax.losses.poly_loss_cross_entropy (paper default epsilon=1)",
+          hparams={"epsilon": 1.0}, provider="optax"),
+    Entry("poly1_focal", classification.poly1_focal, "classification", _POLY, "2204.12511",
+          "paper's TF snippet poly1_focal_loss on optax.sigmoid_focal_loss",
+          inputs="logits, targets", hparams={"epsilon": 1.0, "gamma": 2.0, "alpha": 0.25}),
+    Entry("softmax_focal", classification.softmax_focal, "classification", _FOCAL,
+          "1708.02002", "HanxunH/Active-Passive-Losses FocalLoss (clcarwin/focal_loss_pytorch)",
+          hparams={"gamma": 2.0}),
+    Entry("sigmoid_focal", classification.sigmoid_focal, "classification", _FOCAL,
+          "1708.02002", "optax.losses.sigmoid_focal_loss (torchvision sigmoid_focal_loss)",
+          inputs="logits, targets", hparams={"alpha": 0.25, "gamma": 2.0}, provider="optax"),
+    Entry("comp_sum", classification.comp_sum, "classification",
+          "Cross-Entropy Loss Functions: Theoretical Analysis and Applications (2023)",
+          "2304.07288", "paper, Eq. for comp-sum losses (no official code)",
+          hparams={"tau": 1.5}),
+    Entry("squentropy", classification.squentropy, "classification",
+          "Cut your Losses with Squentropy (2023)", "2302.03952",
+          "Like-Hui/Squentropy_vision (loss_type='sqen')", hparams={"weight": 1.0}),
+    Entry("spherical_z_loss", classification.spherical_z_loss, "classification",
+          "The Z-loss: a shift and scale invariant classification loss belonging to the "
+          "Spherical Family (2016)", "1604.08859", "paper, Eq. of the Z-loss",
+          hparams={"a": 0.1, "b": 20.0}),
+    Entry("encouraging", classification.encouraging, "classification",
+          "Well-classified Examples are Underestimated in Classification with Deep Neural "
+          "Networks (2022)", "2110.06537",
+          "lancopku/well-classified-examples-are-underestimated (README)",
+          hparams={"log_end": 0.75}),
+    Entry("harmonic", classification.harmonic, "classification",
+          "Harmonic Loss Trains Interpretable AI Models (2025)", "2502.01628",
+          "KindXiaoming/grow-crystals DistLayer", inputs="features, centers, labels",
+          hparams={"exponent": 1.0, "eps": 1e-4}),
+    Entry("stablemax_cross_entropy", classification.stablemax_cross_entropy, "classification",
+          "Grokking at the Edge of Numerical Stability (2025)", "2501.04697",
+          "LucasPrietoAl/grokking-at-the-edge-of-numerical-stability stablemax"),
+    Entry("ldam", classification.ldam, "classification", _IMBALANCE + "; LDAM: 1906.07413",
+          "2212.13827", "kaidic/LDAM-DRW LDAMLoss", inputs="logits, labels, class_counts",
+          hparams={"max_margin": 0.5, "scale": 30.0}),
+    Entry("logit_adjusted", classification.logit_adjusted, "classification",
+          _IMBALANCE + "; logit adjustment: 2007.07314", "2212.13827",
+          "google-research/google-research logit_adjustment",
+          inputs="logits, labels, class_counts", hparams={"tau": 1.0}),
+    Entry("asymmetric", classification.asymmetric, "classification",
+          "Asymmetric Loss For Multi-Label Classification (2020)", "2009.14119",
+          "Alibaba-MIIL/ASL AsymmetricLoss (train.py settings)", inputs="logits, targets",
+          hparams={"gamma_pos": 0.0, "gamma_neg": 4.0, "clip": 0.05}),
+    Entry("label_distributionally_robust", classification.label_distributionally_robust,
+          "classification",
+          "Label Distributionally Robust Losses for Multi-class Classification: Consistency, "
+          "Robustness and Adaptivity (2023)", "2112.14869", "Optimization-AI/LibAUC LDRLoss",
+          hparams={"lam": 1.0}),
+    # -- Noisy labels ---------------------------------------------------------------------
+    Entry("generalized_cross_entropy", noisy_labels.generalized_cross_entropy, "noisy_labels",
+          "Generalized Cross Entropy Loss for Training Deep Neural Networks with Noisy Labels "
+          "(2018)", "1805.07836", _APL_CODE + " GeneralizedCrossEntropy", hparams={"q": 0.7}),
+    Entry("reverse_cross_entropy", noisy_labels.reverse_cross_entropy, "noisy_labels",
+          "Symmetric Cross Entropy for Robust Learning with Noisy Labels (2019)", "1908.06112",
+          _APL_CODE + " ReverseCrossEntropy"),
+    Entry("symmetric_cross_entropy", noisy_labels.symmetric_cross_entropy, "noisy_labels",
+          "Symmetric Cross Entropy for Robust Learning with Noisy Labels (2019)", "1908.06112",
+          _APL_CODE + " SCELoss", hparams={"alpha": 0.1, "beta": 1.0}),
+    Entry("mae", noisy_labels.mae, "noisy_labels", _APL, "2006.13554",
+          _APL_CODE + " MeanAbsoluteError"),
+    Entry("normalized_cross_entropy", noisy_labels.normalized_cross_entropy, "noisy_labels",
+          _APL, "2006.13554", _APL_CODE + " NormalizedCrossEntropy"),
+    Entry("normalized_focal", noisy_labels.normalized_focal, "noisy_labels", _APL,
+          "2006.13554", _APL_CODE + " NormalizedFocalLoss", hparams={"gamma": 0.5}),
+    Entry("normalized_generalized_cross_entropy",
+          noisy_labels.normalized_generalized_cross_entropy, "noisy_labels", _APL,
+          "2006.13554", _APL_CODE + " NormalizedGeneralizedCrossEntropy", hparams={"q": 0.7}),
+    Entry("active_passive", noisy_labels.active_passive, "noisy_labels", _APL, "2006.13554",
+          _APL_CODE + " NCEandRCE, NCEandMAE, NFLandRCE, ...",
+          hparams={"alpha": 1.0, "beta": 1.0}),
+    Entry("elr", noisy_labels.elr, "noisy_labels",
+          "Early-Learning Regularization Prevents Memorization of Noisy Labels (2020)",
+          "2007.00151", "shengliu66/ELR ELR/model/loss.py elr_loss",
+          inputs="logits, labels, example_state", hparams={"beta": 0.7, "lam": 3.0}),
+    Entry("progressive_self_distillation", self_distillation.progressive_self_distillation,
+          "noisy_labels",
+          "Self-Knowledge Distillation with Progressive Refinement of Targets (2021)",
+          "2006.12000", "lgcnsai/PS-KD-Pytorch loss/pskd_loss.py",
+          inputs="logits, labels, example_state", hparams={"alpha": 0.8}),
+)
+
+FAMILIES = tuple(dict.fromkeys(e.family for e in ENTRIES))
+_BY_NAME = {e.name: e for e in ENTRIES}
+if len(_BY_NAME) != len(ENTRIES):
+    raise RuntimeError("duplicate names in the jaxreg catalog")
+
+
+def get(name: str) -> Entry:
+    """Returns the entry called ``name``; the error lists the valid names."""
+    try:
+        return _BY_NAME[name]
+    except KeyError:
+        raise KeyError(f"unknown component {name!r}; the catalog has: "
+                       f"{', '.join(sorted(_BY_NAME))}") from None
+
+
+def entries(family: str | None = None) -> tuple[Entry, ...]:
+    """All entries, or those of one family (the error lists the valid families)."""
+    if family is None:
+        return ENTRIES
+    if family not in FAMILIES:
+        raise KeyError(f"unknown family {family!r}; families: {', '.join(FAMILIES)}")
+    return tuple(e for e in ENTRIES if e.family == family)
+
+
+def table(family: str | None = None) -> str:
+    """The catalog as a markdown table."""
+    rows = ["| name | family | provider | paper | arXiv | matches |", "|---|---|---|---|---|---|"]
+    for e in entries(family):
+        rows.append(f"| {e.name} | {e.family} | {e.provider} | {e.paper} | {e.arxiv} | "
+                    f"{e.reference} |")
+    return "\n".join(rows)

@@ -1,0 +1,84 @@
+"""Objectives: functions that return named loss terms.
+
+An objective is ``objective(params, batch, hparams, key) -> terms``, where ``terms`` maps a
+name to a scalar. An objective that keeps per-example state (ELR's targets, PS-KD's stored
+predictions) takes the rows of that state for the batch as a fifth argument and returns
+``(terms, new_rows)``; the train step gathers and scatters the rows by ``batch["index"]``.
+
+The train step decides how terms become one update: ``weighted_sum`` for ordinary training,
+or ``term_gradients`` (one forward pass, one vectorised VJP per term) to hand the stacked
+per-term gradients to a multi-objective aggregator.
+
+Example:
+    >>> def objective(params, batch, hparams, key):
+    ...     logits = model.apply(params, batch["image"])
+    ...     ce = optax.losses.softmax_cross_entropy_with_integer_labels(logits, batch["label"])
+    ...     return {"ce": ce.mean(), "l2": hparams["wd"] * optax.tree.norm(params, squared=True)}
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+Terms = dict[str, jax.Array]
+Objective = Callable[..., Any]
+
+
+def evaluate(objective: Objective, params, batch, hparams, key, example_rows=None):
+    """Calls ``objective`` in either form; returns ``(terms, new_rows)``.
+
+    ``new_rows`` is None for a stateless objective. Raises a ``TypeError`` when the terms are
+    not a non-empty dict of scalars.
+    """
+    if example_rows is None:
+        terms, new_rows = objective(params, batch, hparams, key), None
+    else:
+        out = objective(params, batch, hparams, key, example_rows)
+        if not (isinstance(out, tuple) and len(out) == 2):
+            raise TypeError("an objective given per-example state must return "
+                            f"(terms, new_rows), got {type(out).__name__}")
+        terms, new_rows = out
+    if not isinstance(terms, Mapping) or not terms:
+        raise TypeError(f"an objective must return a non-empty dict of named scalar terms, got "
+                        f"{type(terms).__name__}")
+    for name, value in terms.items():
+        if jnp.shape(value) != ():
+            raise TypeError(f"term {name!r} must be a scalar, got shape {jnp.shape(value)}; "
+                            "reduce per-example losses (e.g. .mean()) inside the objective")
+    return dict(terms), new_rows
+
+
+def weighted_sum(terms: Mapping[str, jax.Array],
+                 weights: Mapping[str, jax.Array] | None = None) -> jax.Array:
+    """``sum_i w_i * term_i``; a term without a weight counts once. Weights may be traced."""
+    weights = weights or {}
+    unknown = set(weights) - set(terms)
+    if unknown:
+        raise KeyError(f"weights for unknown terms {sorted(unknown)}; terms are {sorted(terms)}")
+    return sum(jnp.asarray(weights.get(name, 1.0)) * value for name, value in terms.items())
+
+
+def term_gradients(objective: Objective, params, batch, hparams, key, example_rows=None):
+    """Per-term gradients from one forward pass: the Jacobian of the term vector.
+
+    The objective is linearised once (``jax.vjp``) and the VJP is vmapped over the m basis
+    cotangents, so the cost is one forward and m vectorised backward passes rather than m
+    separate forwards.
+
+    Returns:
+        ``(terms, jacobian, new_rows)``: ``jacobian`` has the structure of ``params`` with a
+        leading axis of size m, in sorted term-name order (the order in which JAX flattens
+        a dict, and so the order of ``terms`` as returned).
+    """
+    def stacked(p):
+        terms, new_rows = evaluate(objective, p, batch, hparams, key, example_rows)
+        return jnp.stack([terms[n] for n in sorted(terms)]), (terms, new_rows)
+
+    values, vjp_fn, (terms, new_rows) = jax.vjp(stacked, params, has_aux=True)
+    basis = jnp.eye(values.shape[0], dtype=values.dtype)
+    (jacobian,) = jax.vmap(vjp_fn)(basis)
+    return terms, jacobian, new_rows

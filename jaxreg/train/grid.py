@@ -1,0 +1,172 @@
+"""``grid``: K hyperparameter configurations x S seeds trained as one jitted, vmapped program.
+
+The purejaxrl idea made general: the step is pure, so ``vmap(vmap(epoch))`` over
+(configuration, seed) is one XLA program that trains every member at once. Each epoch is a
+``lax.scan`` over batches; the host loop over epochs only draws the progress bar and
+collects metrics. Members of one seed share their initial parameters and batch order, so
+configurations are compared on paired runs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from tqdm.auto import tqdm
+
+from jaxreg.data.pipeline import epoch_indices
+from jaxreg.objective import Objective
+from jaxreg.train.state import TrainState, init_state
+from jaxreg.train.step import make_step
+
+
+def product(**values: Sequence) -> dict[str, list]:
+    """The Cartesian product of value lists, as the zipped lists ``grid`` takes.
+
+    >>> product(q=[0.3, 0.7], learning_rate=[0.1, 0.01])
+    {'q': [0.3, 0.3, 0.7, 0.7], 'learning_rate': [0.1, 0.01, 0.1, 0.01]}
+    """
+    names = list(values)
+    rows = list(itertools.product(*(values[n] for n in names)))
+    return {n: [row[i] for row in rows] for i, n in enumerate(names)}
+
+
+def _configs(hparams: Mapping[str, Sequence]) -> list[dict[str, Any]]:
+    if not hparams:
+        raise ValueError("`hparams` is empty: give at least one hyperparameter with its values")
+    lengths = {name: len(values) for name, values in hparams.items()}
+    if len(set(lengths.values())) != 1:
+        raise ValueError(
+            "`hparams` value lists must all have the same length (one value per "
+            f"configuration; use jaxreg.train.product for a Cartesian grid), got {lengths}")
+    k = next(iter(lengths.values()))
+    return [{name: hparams[name][i] for name in hparams} for i in range(k)]
+
+
+def _as_array(values: Sequence) -> jax.Array:
+    """Integer values stay integers (a loss index for ``lax.switch``); others become float32."""
+    array = jnp.asarray(values)
+    return array if jnp.issubdtype(array.dtype, jnp.integer) else array.astype(jnp.float32)
+
+
+@dataclasses.dataclass
+class GridResult:
+    """What ``grid`` returns: per-epoch metrics and the final states, labelled.
+
+    Attributes:
+        configs: the K configurations, in order.
+        seeds: the S seeds, in order.
+        history: metric name -> array [K, S, epochs]; training means are ``train/<term>``,
+            ``evaluate``'s outputs are ``eval/<name>``.
+        state: the final ``TrainState``, each leaf with leading axes [K, S].
+    """
+    configs: list[dict[str, Any]]
+    seeds: list[int]
+    history: dict[str, np.ndarray]
+    state: TrainState
+
+    def label(self, k: int) -> str:
+        return ", ".join(f"{n}={v}" for n, v in self.configs[k].items())
+
+    def summary(self, metric: str) -> list[dict[str, Any]]:
+        """Per configuration: the metric's last and best epoch, mean and std over seeds."""
+        values = self.history[metric]
+        rows = []
+        for k, config in enumerate(self.configs):
+            last, best = values[k, :, -1], values[k].max(axis=-1)
+            rows.append({**config, "last_mean": float(last.mean()), "last_std": float(last.std()),
+                         "best_mean": float(best.mean()), "best_std": float(best.std())})
+        return rows
+
+    def to_json(self) -> str:
+        return json.dumps({"configs": self.configs, "seeds": self.seeds,
+                           "history": {k: v.tolist() for k, v in self.history.items()}})
+
+
+def grid(objective: Objective, optimizer: optax.GradientTransformation,
+         init_params: Callable[[jax.Array], Any], train_data: Mapping[str, Any], *,
+         hparams: Mapping[str, Sequence], seeds: Sequence[int], epochs: int, batch_size: int,
+         evaluate: Callable[[TrainState, dict], Mapping[str, jax.Array]] | None = None,
+         seed_data: Mapping[str, Any] | None = None,
+         init_example_state: Callable[[dict], Any] | None = None,
+         progress: bool = True, desc: str = "grid") -> GridResult:
+    """Trains every (configuration, seed) pair as one vmapped program.
+
+    Args:
+        objective: as for ``make_step``; reads its hyperparameters from ``hparams``.
+        optimizer: an optax transformation; names it injects with ``optax.inject_hyperparams``
+            (learning rate, weight decay) are set per configuration from ``hparams``.
+        init_params: ``init_params(key) -> params``.
+        train_data: dict of arrays with a common leading axis N (the training set).
+        hparams: name -> K values (zipped: the i-th values form configuration i). Use
+            ``product`` for a Cartesian grid.
+        seeds: S integer seeds; each fixes the initial parameters, the batch order and the
+            step keys of its members.
+        epochs, batch_size: the schedule (the last partial batch of an epoch is dropped).
+        evaluate: ``evaluate(state, data) -> {name: scalar}``, jittable, run after each epoch
+            on each member (``data`` is that member's training data, seed data included).
+        seed_data: name -> array [S, N, ...], per-seed training arrays (noisy labels drawn
+            with each seed) that override or extend ``train_data``.
+        init_example_state: ``init_example_state(data) -> per-example state`` (leading axis
+            N), for objectives that keep one.
+        progress: show a progress bar over epochs.
+    """
+    configs = _configs(hparams)
+    seeds = [int(s) for s in seeds]
+    if not seeds:
+        raise ValueError("`seeds` is empty")
+    train_data = {k: jnp.asarray(v) for k, v in train_data.items()}
+    seed_data = {k: jnp.asarray(v) for k, v in (seed_data or {}).items()}
+    n = len(next(iter(train_data.values())))
+    for name, value in seed_data.items():
+        if value.shape[:2] != (len(seeds), n):
+            raise ValueError(f"`seed_data[{name!r}]` must have leading shape "
+                             f"({len(seeds)}, {n}) = (seeds, examples), got {value.shape}")
+    values = {name: _as_array(v) for name, v in hparams.items()}
+    keys = jnp.stack([jax.random.PRNGKey(s) for s in seeds])
+    step = make_step(objective, optimizer)
+
+    def init_member(hp, key, own):
+        init_key, train_key = jax.random.split(key)
+        data = {**train_data, **own}
+        rows = init_example_state(data) if init_example_state is not None else None
+        return init_state(init_params(init_key), optimizer, key=train_key, hparams=hp,
+                          example_state=rows)
+
+    def epoch_member(state, own, order, epoch):
+        data = {**train_data, **own}
+
+        def body(state, index):
+            batch = {k: v[index] for k, v in data.items()}
+            return step(state, {**batch, "index": index, "epoch": epoch})
+
+        state, metrics = jax.lax.scan(body, state, order)
+        metrics = {f"train/{k}": v.mean() for k, v in metrics.items()}
+        if evaluate is not None:
+            metrics.update({f"eval/{k}": v for k, v in evaluate(state, data).items()})
+        return state, metrics
+
+    over_seeds = (0, 0, 0, None)
+    init_all = jax.jit(jax.vmap(jax.vmap(init_member, (None, 0, 0)), (0, None, None)))
+    epoch_all = jax.jit(jax.vmap(jax.vmap(epoch_member, over_seeds), (0, None, None, None)),
+                        donate_argnums=0)
+    state = init_all(values, keys, seed_data)
+    history: dict[str, list] = {}
+    bar = tqdm(range(epochs), desc=desc, disable=not progress, unit="epoch", dynamic_ncols=True)
+    for epoch in bar:
+        order = jnp.asarray(np.stack([epoch_indices(s, epoch, n, batch_size) for s in seeds]))
+        state, metrics = epoch_all(state, seed_data, order, jnp.int32(epoch))
+        for name, value in jax.device_get(metrics).items():
+            history.setdefault(name, []).append(value)
+        bar.set_postfix({name.split("/")[-1]: f"{float(np.mean(v[-1])):.3g}"
+                         for name, v in history.items() if name in ("train/loss",)
+                         or name.startswith("eval/")})
+    return GridResult(configs=configs, seeds=seeds,
+                      history={k: np.stack(v, axis=-1) for k, v in history.items()}, state=state)

@@ -1,0 +1,138 @@
+"""``fit``: the training loop for one run, with evaluation, history files and checkpoints.
+
+Batches come from ``jaxreg.data.batches``, a deterministic function of ``(seed, epoch)``, and
+the PRNG key lives in the state, so a run resumed from a checkpoint at step s takes exactly
+the steps an uninterrupted run would have taken from s: same batches, same keys, same
+parameters at the end.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import jax
+import numpy as np
+from tqdm.auto import tqdm
+
+from jaxreg.data.pipeline import batches, num_batches
+from jaxreg.train.checkpoint import Checkpointer, differences, ensure_writable, layout
+from jaxreg.train.state import TrainState
+
+
+def _to_float(tree) -> dict[str, float]:
+    return {k: float(v) for k, v in jax.device_get(tree).items()}
+
+
+def write_history(history: list[dict[str, Any]], out_dir: str) -> None:
+    """Writes the history as ``history.json`` and ``history.csv`` in ``out_dir``."""
+    with open(os.path.join(out_dir, "history.json"), "w") as f:
+        json.dump(history, f, indent=1)
+    columns = list(dict.fromkeys(k for row in history for k in row))
+    with open(os.path.join(out_dir, "history.csv"), "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(history)
+
+
+def fit(step: Callable[[TrainState, dict], tuple[TrainState, dict]], state: TrainState,
+        train_data, *, epochs: int, batch_size: int, seed: int,
+        evaluate: Callable[[TrainState], Mapping[str, Any]] | None = None,
+        eval_every: int = 1, out_dir: str | os.PathLike | None = None,
+        checkpoint_every: int | None = None, config: Mapping[str, Any] | None = None,
+        max_steps: int | None = None, progress: bool = True
+        ) -> tuple[TrainState, list[dict[str, Any]]]:
+    """Trains ``state`` with ``step`` for ``epochs`` epochs; returns the state and the history.
+
+    Args:
+        step: from ``make_step`` (``fit`` jits it).
+        state: the initial state (ignored in favour of the checkpoint when resuming).
+        train_data: a dict of equal-length arrays or a tfds data source; each batch is a dict
+            with its ``"index"`` and ``"epoch"``.
+        epochs, batch_size, seed: the schedule; the seed fixes the batch order.
+        evaluate: ``evaluate(state) -> {name: scalar}``, run every ``eval_every`` epochs.
+        out_dir: where ``history.json``/``history.csv`` and ``checkpoints/`` are written.
+        checkpoint_every: save every this many steps (and at the end); resume from the latest
+            checkpoint in ``out_dir`` when there is one.
+        config: a JSON-able description of the run (hyperparameters, model, data). A
+            checkpoint made with another config, batch size, seed or state layout is refused.
+        max_steps: stop after this many steps in total (for tests and interrupted runs).
+        progress: show a progress bar.
+    """
+    n = len(next(iter(train_data.values()))) if isinstance(train_data, Mapping) else len(train_data)
+    per_epoch = num_batches(n, batch_size)
+    run_config = {"config": dict(config or {}), "batch_size": batch_size, "seed": seed,
+                  "num_examples": n}
+    history: list[dict[str, Any]] = []
+    sums: dict[str, float] = {}
+    checkpointer = None
+    if out_dir is not None:
+        out_dir = ensure_writable(out_dir)
+    if checkpoint_every is not None:
+        if out_dir is None:
+            raise ValueError("`checkpoint_every` needs an `out_dir` to write checkpoints to")
+        checkpointer = Checkpointer(os.path.join(out_dir, "checkpoints"))
+        if checkpointer.latest_step() is not None:
+            record = checkpointer.read_record()
+            problems = (differences(record["run"], json.loads(json.dumps(run_config)))
+                        + differences(record["layout"], layout(state)))
+            if problems:
+                checkpointer.close()
+                raise ValueError(
+                    f"refusing to resume from {checkpointer.directory}: it was made by a "
+                    "different run:\n  " + "\n  ".join(problems)
+                    + "\nUse another `out_dir`, or delete the checkpoints to start afresh.")
+            state, record = checkpointer.restore(state)
+            history, sums = record["history"], record["sums"]
+
+    jitted = jax.jit(step, donate_argnums=0)
+    total = epochs * per_epoch if max_steps is None else min(max_steps, epochs * per_epoch)
+    start = int(state.step)
+    bar = tqdm(total=total, initial=min(start, total), disable=not progress, unit="step",
+               dynamic_ncols=True)
+
+    def save(step_now):
+        # A snapshot: Orbax writes asynchronously while the loop goes on mutating these.
+        record = json.loads(json.dumps({"run": run_config, "layout": layout(state),
+                                        "history": history, "sums": sums}))
+        checkpointer.save(step_now, state, record)
+
+    try:
+        for epoch in range(start // per_epoch, epochs):
+            offset = start - epoch * per_epoch if epoch == start // per_epoch else 0
+            for batch in batches(train_data, batch_size, seed=seed, epoch=epoch, start=offset):
+                if int(state.step) >= total:
+                    break
+                batch["epoch"] = np.int32(epoch)
+                state, metrics = jitted(state, batch)
+                for k, v in _to_float(metrics).items():
+                    sums[k] = sums.get(k, 0.0) + v
+                sums["_count"] = sums.get("_count", 0.0) + 1
+                bar.update(1)
+                now = int(state.step)
+                if now % per_epoch == 0:
+                    count = sums.pop("_count")
+                    row = {"epoch": epoch + 1, "step": now,
+                           **{f"train/{k}": v / count for k, v in sums.items()}}
+                    sums = {}
+                    if evaluate is not None and (epoch + 1) % eval_every == 0:
+                        row.update({f"eval/{k}": v for k, v in _to_float(evaluate(state)).items()})
+                    history.append(row)
+                    bar.set_postfix({k.split("/")[-1]: f"{v:.4g}" for k, v in row.items()
+                                     if k.startswith(("train/loss", "eval/"))})
+                if checkpointer is not None and now % checkpoint_every == 0:
+                    save(now)
+            if int(state.step) >= total:
+                break
+        if checkpointer is not None and checkpointer.latest_step() != int(state.step):
+            save(int(state.step))
+    finally:
+        bar.close()
+        if checkpointer is not None:
+            checkpointer.close()
+    if out_dir is not None:
+        write_history(history, out_dir)
+    return state, history

@@ -1,0 +1,84 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from jaxreg import train
+from jaxreg.data import epoch_indices
+
+
+def _objective(params, batch, hparams, key):
+    logits = batch["x"] @ params["w"]
+    ce = optax.losses.softmax_cross_entropy_with_integer_labels(logits, batch["y"]).mean()
+    return {"ce": ce, "l2": hparams["wd"] * jnp.sum(params["w"] ** 2)}
+
+
+def _init(key):
+    return {"w": 0.1 * jax.random.normal(key, (4, 3))}
+
+
+def _data(n=20):
+    k1, k2 = jax.random.split(jax.random.PRNGKey(7))
+    return {"x": jax.random.normal(k1, (n, 4)), "y": jax.random.randint(k2, (n,), 0, 3)}
+
+
+OPT = optax.inject_hyperparams(optax.sgd)(learning_rate=0.0)
+
+
+def test_grid_equals_sequential_runs():
+    data = _data()
+    hp = {"wd": [0.0, 0.1, 0.0], "learning_rate": [0.5, 0.5, 0.05]}
+    result = train.grid(_objective, OPT, _init, data, hparams=hp, seeds=[3, 4], epochs=2,
+                        batch_size=8, evaluate=lambda s, d: {"w_norm": jnp.sum(s.params["w"] ** 2)},
+                        progress=False)
+    step = jax.jit(train.make_step(_objective, OPT))
+    for k, config in enumerate(result.configs):
+        for s, seed in enumerate(result.seeds):
+            init_key, train_key = jax.random.split(jax.random.PRNGKey(seed))
+            state = train.init_state(_init(init_key), OPT, key=train_key, hparams=config)
+            for epoch in range(2):
+                for index in epoch_indices(seed, epoch, 20, 8):
+                    batch = {"x": data["x"][index], "y": data["y"][index], "index": index,
+                             "epoch": epoch}
+                    state, _ = step(state, batch)
+            np.testing.assert_allclose(result.state.params["w"][k, s], state.params["w"],
+                                       rtol=1e-5, atol=1e-6)
+            np.testing.assert_allclose(result.history["eval/w_norm"][k, s, -1],
+                                       np.sum(np.asarray(state.params["w"]) ** 2), rtol=1e-5)
+    assert result.history["train/loss"].shape == (3, 2, 2)
+    assert result.label(1) == "wd=0.1, learning_rate=0.5"
+    rows = result.summary("eval/w_norm")
+    assert rows[2]["learning_rate"] == 0.05 and rows[2]["best_mean"] >= rows[2]["last_mean"] - 1e-9
+
+
+def test_seed_data_and_example_state_are_per_member():
+    data = _data()
+    flipped = jnp.stack([data["y"], (data["y"] + 1) % 3])  # one label set per seed
+
+    def stateful(params, batch, hparams, key, rows):
+        terms = _objective(params, batch, hparams, key)
+        return terms, rows + 1.0
+
+    result = train.grid(stateful, OPT, _init, {"x": data["x"]}, hparams={"wd": [0.0],
+                        "learning_rate": [0.1]}, seeds=[0, 1], epochs=1, batch_size=5,
+                        seed_data={"y": flipped},
+                        init_example_state=lambda d: jnp.zeros(d["y"].shape[0]),
+                        evaluate=lambda s, d: {"label_sum": jnp.sum(d["y"])}, progress=False)
+    np.testing.assert_allclose(result.state.example_state[0, 0], np.ones(20))  # each seen once
+    np.testing.assert_allclose(result.history["eval/label_sum"][0, :, 0],
+                               [int(flipped[0].sum()), int(flipped[1].sum())])
+
+
+def test_bad_grid_arguments_are_named():
+    with pytest.raises(ValueError, match="same length"):
+        train.grid(_objective, OPT, _init, _data(), hparams={"wd": [0.0, 1.0],
+                   "learning_rate": [0.1]}, seeds=[0], epochs=1, batch_size=4)
+    with pytest.raises(ValueError, match=r"seed_data\['y'\]"):
+        train.grid(_objective, OPT, _init, {"x": _data()["x"]}, hparams={"wd": [0.0]},
+                   seeds=[0, 1], epochs=1, batch_size=4, seed_data={"y": jnp.zeros((3, 20))})
+
+
+def test_product_is_cartesian():
+    assert train.product(a=[1, 2], b=["x", "y", "z"]) == {
+        "a": [1, 1, 1, 2, 2, 2], "b": ["x", "y", "z", "x", "y", "z"]}

@@ -1,0 +1,102 @@
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from jaxreg import train
+
+
+def _objective(params, batch, hparams, key):
+    noise = 0.01 * jax.random.normal(key, batch["y"].shape)  # uses the step key
+    resid = batch["x"] @ params["w"] - batch["y"] + noise
+    return {"mse": jnp.mean(resid ** 2)}
+
+
+def _data(n=24):
+    k1, k2 = jax.random.split(jax.random.PRNGKey(1))
+    return {"x": np.asarray(jax.random.normal(k1, (n, 3))),
+            "y": np.asarray(jax.random.normal(k2, (n,)))}
+
+
+OPT = optax.adam(0.05)
+STEP = train.make_step(_objective, OPT)
+
+
+def _state():
+    return train.init_state({"w": jnp.zeros(3)}, OPT, key=jax.random.PRNGKey(0))
+
+
+class _CrashingSource:
+    """A random-access source (like tfds.data_source) whose reader dies after some batches."""
+
+    def __init__(self, data, fail_after):
+        self.data, self.left = data, fail_after
+
+    def __len__(self):
+        return len(self.data["x"])
+
+    def __getitems__(self, indices):
+        if self.left == 0:
+            raise RuntimeError("reader died")
+        self.left -= 1
+        return [{k: v[i] for k, v in self.data.items()} for i in indices]
+
+
+def _fit(out_dir, data, **kw):
+    return train.fit(STEP, _state(), data, epochs=3, batch_size=5, seed=2, out_dir=out_dir,
+                     checkpoint_every=4, config={"lr": 0.05}, progress=False,
+                     evaluate=lambda s: {"w0": s.params["w"][0]}, **kw)
+
+
+def test_killed_and_resumed_run_ends_with_identical_parameters(tmp_path):
+    data = _data()
+    full, full_history = _fit(str(tmp_path / "full"), data)
+    with pytest.raises(RuntimeError, match="reader died"):
+        _fit(str(tmp_path / "cut"), _CrashingSource(data, fail_after=7))  # dies in epoch 2
+    saved = train.Checkpointer(tmp_path / "cut" / "checkpoints")
+    assert saved.latest_step() == 4  # steps 5-7 were lost with the crash
+    saved.close()
+    resumed, history = _fit(str(tmp_path / "cut"), data)
+    assert int(resumed.step) == int(full.step) == 12
+    np.testing.assert_array_equal(resumed.params["w"], full.params["w"])
+    np.testing.assert_array_equal(resumed.key, full.key)
+    assert history == full_history  # epoch means include the batches before the crash
+    with open(tmp_path / "cut" / "history.json") as f:
+        assert json.load(f) == full_history
+    header = (tmp_path / "cut" / "history.csv").read_text().splitlines()[0]
+    assert header == "epoch,step,train/loss,train/mse,eval/w0"
+
+
+def test_resume_with_another_configuration_is_refused(tmp_path):
+    data = _data()
+    _fit(str(tmp_path), data, max_steps=4)
+    with pytest.raises(ValueError, match=r"different run:\n  config:"):
+        train.fit(STEP, _state(), data, epochs=3, batch_size=5, seed=2, out_dir=str(tmp_path),
+                  checkpoint_every=4, config={"lr": 0.1}, progress=False)
+    with pytest.raises(ValueError, match="batch_size: checkpoint has 5, this run has 6"):
+        train.fit(STEP, _state(), data, epochs=3, batch_size=6, seed=2, out_dir=str(tmp_path),
+                  checkpoint_every=4, config={"lr": 0.05}, progress=False)
+    wider = train.init_state({"w": jnp.zeros(4)}, OPT, key=jax.random.PRNGKey(0))
+    with pytest.raises(ValueError, match=r"\.params\['w'\]: checkpoint has 'float32\[3\]'"):
+        train.fit(STEP, wider, data, epochs=3, batch_size=5, seed=2, out_dir=str(tmp_path),
+                  checkpoint_every=4, config={"lr": 0.05}, progress=False)
+    # nothing was lost: the original run still resumes
+    state, _ = _fit(str(tmp_path), data)
+    assert int(state.step) == 12
+
+
+def test_unwritable_checkpoint_directory_is_named(tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    with pytest.raises(PermissionError, match="a_file/run.* is not writable"):
+        _fit(str(blocker / "run"), _data())
+
+
+def test_checkpoint_without_out_dir_is_an_error():
+    with pytest.raises(ValueError, match="needs an `out_dir`"):
+        train.fit(STEP, _state(), _data(), epochs=1, batch_size=5, seed=0, checkpoint_every=2,
+                  progress=False)
