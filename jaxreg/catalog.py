@@ -40,7 +40,7 @@ class Entry:
     arxiv: str
     reference: str
     inputs: str = "logits, labels"
-    hparams: Mapping[str, float] = MappingProxyType({})
+    hparams: Mapping[str, float] = dataclasses.field(default_factory=dict)
     provider: str = "jaxreg"
 
     def __post_init__(self):

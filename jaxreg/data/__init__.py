@@ -1,0 +1,28 @@
+"""Data for jaxreg: bundled real datasets as tfds builders, label noise, input pipeline."""
+
+from jaxreg.data.digits import SklearnDigits, data_source, default_data_dir, load_digits
+from jaxreg.data.label_noise import (
+    ASYMMETRIC_CONVENTIONS,
+    DIGITS_ASYMMETRIC_MAP,
+    SYMMETRIC_CONVENTIONS,
+    asymmetric_noise,
+    noise_report,
+    symmetric_noise,
+)
+from jaxreg.data.pipeline import batches, epoch_indices, num_batches
+
+__all__ = [
+    "ASYMMETRIC_CONVENTIONS",
+    "DIGITS_ASYMMETRIC_MAP",
+    "SYMMETRIC_CONVENTIONS",
+    "SklearnDigits",
+    "asymmetric_noise",
+    "batches",
+    "data_source",
+    "default_data_dir",
+    "epoch_indices",
+    "load_digits",
+    "noise_report",
+    "num_batches",
+    "symmetric_noise",
+]

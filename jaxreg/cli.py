@@ -1,0 +1,150 @@
+"""The ``jaxreg`` command: browse the catalog, run an experiment, train a grid."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+GRID_HELP = """Train an MLP on digits with a catalog loss over a hyperparameter grid, all
+configurations x seeds as one vmapped program. Each --set NAME=V1,V2,... gives one value per
+configuration (all lists the same length), or use --product for their Cartesian product.
+NAME is a hyperparameter of the loss or one of the optimizer's (learning_rate,
+weight_decay: AdamW)."""
+
+
+def _cmd_list(args) -> int:
+    from jaxreg import catalog
+    try:
+        print(catalog.table(args.family))
+    except KeyError as err:
+        raise UsageError(err.args[0]) from None
+    return 0
+
+
+class UsageError(Exception):
+    """A bad name or argument: reported in one line, without a traceback."""
+
+
+def _cmd_run(args, rest) -> int:
+    from jaxreg import experiments
+    try:
+        main_fn = experiments.get(args.experiment)
+    except KeyError as err:
+        raise UsageError(err.args[0]) from None
+    main_fn(rest)
+    return 0
+
+
+def _parse_sets(items):
+    values = {}
+    for item in items:
+        name, sep, text = item.partition("=")
+        if not sep or not text:
+            raise UsageError(f"--set expects NAME=V1,V2,..., got {item!r}")
+        try:
+            values[name] = [float(v) for v in text.split(",")]
+        except ValueError:
+            raise UsageError(f"--set {name}: values must be numbers, got {text!r}") from None
+    return values
+
+
+def _cmd_grid(args) -> int:
+    import jax.numpy as jnp
+    import optax
+
+    from jaxreg import catalog, data, models, train
+    from jaxreg.experiments.report import markdown_table, mean_std, write_json
+
+    try:
+        entry = catalog.get(args.loss)
+    except KeyError as err:
+        raise UsageError(err.args[0]) from None
+    if entry.inputs != "logits, labels":
+        raise UsageError(f"`jaxreg grid` trains losses taking (logits, labels); {entry.name} "
+                         f"takes ({entry.inputs})")
+    values = _parse_sets(args.set)
+    optimizer_names = {"learning_rate", "weight_decay"}
+    unknown = set(values) - set(entry.hparams) - optimizer_names
+    if unknown:
+        raise UsageError(f"unknown hyperparameter(s) {sorted(unknown)} for {entry.name}; "
+                         f"valid: {sorted(set(entry.hparams) | optimizer_names)}")
+    if args.product:
+        values = train.product(**values)
+    values.setdefault("learning_rate", [1e-3] * len(next(iter(values.values()), [0])))
+    lengths = {k: len(v) for k, v in values.items()}
+    if len(set(lengths.values())) != 1:
+        raise UsageError(f"--set value lists must have the same length (one value per "
+                         f"configuration), got {lengths}; use --product for a Cartesian grid")
+    train_set, test_set = data.load_digits("train"), data.load_digits("test")
+    labels = train_set["label"]
+    if args.noise > 0:
+        labels = data.symmetric_noise(labels, args.noise, 10, seed=0)
+    model = models.mlp(train_set["image"].shape[1:], 10)
+    loss_names = [n for n in values if n in entry.hparams]
+
+    def objective(params, batch, hparams, key):
+        logits = model.apply(params, batch["image"])
+        kwargs = {n: hparams[n] for n in loss_names}
+        return {entry.name: entry.fn(logits, batch["label"], **kwargs).mean()}
+
+    test_x, test_y = jnp.asarray(test_set["image"]), jnp.asarray(test_set["label"])
+
+    def evaluate(state, member):
+        return {"test_accuracy": jnp.mean(jnp.argmax(model.apply(state.params, test_x), -1)
+                                          == test_y)}
+
+    optimizer = optax.inject_hyperparams(optax.adamw)(learning_rate=1e-3, weight_decay=0.0)
+    result = train.grid(objective, optimizer, model.init,
+                        {"image": train_set["image"], "label": labels}, hparams=values,
+                        seeds=range(args.seeds), epochs=args.epochs,
+                        batch_size=args.batch_size, evaluate=evaluate)
+    acc = result.history["eval/test_accuracy"]
+    rows = [[result.label(k), mean_std(acc[k].max(-1)), mean_std(acc[k, :, -1])]
+            for k in range(len(result.configs))]
+    print(markdown_table(["configuration", "best test acc", "last test acc"], rows))
+    if args.out:
+        write_json({"loss": entry.name, "noise": args.noise, "configs": result.configs,
+                    "seeds": result.seeds,
+                    "test_accuracy": acc.tolist()}, os.path.join(args.out, "grid.json"))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="jaxreg", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("list", help="print the catalog")
+    p.add_argument("--family", help="only this family")
+    p = sub.add_parser("run", help="run an experiment (jaxreg run NAME --help)", add_help=False)
+    p.add_argument("experiment")
+    p = sub.add_parser("grid", help="train a hyperparameter grid", description=GRID_HELP)
+    p.add_argument("--loss", required=True, help="a catalog name, e.g. generalized_cross_entropy")
+    p.add_argument("--set", action="append", default=[], metavar="NAME=V1,V2,...")
+    p.add_argument("--product", action="store_true", help="Cartesian product of the --set lists")
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--epochs", type=int, default=20)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--noise", type=float, default=0.0, help="symmetric label-noise rate")
+    p.add_argument("--out", help="write grid.json here")
+    return parser
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)
+    if rest and args.command != "run":
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    try:
+        if args.command == "list":
+            return _cmd_list(args)
+        if args.command == "run":
+            return _cmd_run(args, rest)
+        return _cmd_grid(args)
+    except UsageError as err:
+        print(f"jaxreg {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

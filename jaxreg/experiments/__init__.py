@@ -1,0 +1,17 @@
+"""Experiments that check the papers' claims at small scale; each has ``main(argv)``.
+
+Run one with ``jaxreg run NAME [--quick] [--out DIR]``.
+"""
+
+import importlib
+
+EXPERIMENTS = {
+    "noisy-labels": "jaxreg.experiments.noisy_labels",
+}
+
+
+def get(name: str):
+    """The ``main`` function of experiment ``name``; the error lists the valid names."""
+    if name not in EXPERIMENTS:
+        raise KeyError(f"unknown experiment {name!r}; available: {', '.join(EXPERIMENTS)}")
+    return importlib.import_module(EXPERIMENTS[name]).main

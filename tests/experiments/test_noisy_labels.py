@@ -1,0 +1,53 @@
+import json
+
+import pytest
+
+from jaxreg.experiments import noisy_labels
+
+
+def _check_outputs(out, payload, settings, seeds):
+    assert set(payload["settings"]) == {f"{k} {r:.0%}" for k, r in settings}
+    for setting in payload["settings"].values():
+        assert set(setting["losses"]) == set(noisy_labels.LOSSES)
+        for s in setting["losses"].values():
+            assert len(s["best"]) == len(seeds)
+            assert all(0 <= b <= 1 and b >= l - 1e-9 for b, l in zip(s["best"], s["last"]))
+    text = (out / "results.md").read_text()
+    assert "## The papers' claims" in text and "| symmetric 40% (" in text
+    assert json.loads((out / "results.json").read_text())["seeds"] == seeds
+    assert (out / "test_accuracy.png").stat().st_size > 10_000
+
+
+def test_quick_run_writes_table_json_and_plot(tmp_path):
+    payload = noisy_labels.main(["--quick", "--out", str(tmp_path), "--no-progress"])
+    _check_outputs(tmp_path, payload, noisy_labels.QUICK_SETTINGS, [0, 1])
+    noise = payload["settings"]["symmetric 40%"]["realised_rate"]
+    assert all(abs(r - 0.4) < 0.01 for r in noise)  # APL convention: exact per-class counts
+
+
+@pytest.mark.slow
+def test_full_run(tmp_path):
+    payload = noisy_labels.main(["--out", str(tmp_path), "--no-progress"])
+    _check_outputs(tmp_path, payload, noisy_labels.SETTINGS, [0, 1, 2])
+    assert len(payload["claims"]) == 3
+
+
+def _summary(best, last, fit):
+    return {"best": [best] * 3, "last": [last] * 3, "noisy_fit_last": [fit] * 3}
+
+
+def _results(ce_last, robust_last, mae_best):
+    losses = {name: _summary(0.9, robust_last, 0.1) for name in noisy_labels.LOSSES}
+    losses["CE"] = _summary(0.9, ce_last, 0.8)
+    clean = {name: _summary(0.95, 0.95, float("nan")) for name in noisy_labels.LOSSES}
+    clean["MAE"] = _summary(mae_best, mae_best, float("nan"))
+    return {"symmetric 0%": {"rate": 0.0, "losses": clean},
+            "symmetric 60%": {"rate": 0.6, "losses": losses}}
+
+
+def test_claim_verdicts_follow_the_numbers():
+    agree = noisy_labels.claims(_results(ce_last=0.6, robust_last=0.89, mae_best=0.5))
+    assert [c.agrees for c in agree] == [True, True, True]
+    disagree = noisy_labels.claims(_results(ce_last=0.88, robust_last=0.7, mae_best=0.94))
+    assert [c.agrees for c in disagree] == [False, False, False]
+    assert "symmetric 60%: 2.0" in disagree[0].evidence
