@@ -53,7 +53,10 @@ class Checkpointer:
         self.directory = ensure_writable(directory)
         self._manager = ocp.CheckpointManager(
             self.directory, item_names=("state", "record"),
-            options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True))
+            # Synchronous: a step reported saved survives a SIGKILL right after (an async
+            # save is only committed later, and a kill in between loses it).
+            options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
+                                                 enable_async_checkpointing=False))
 
     def latest_step(self) -> int | None:
         return self._manager.latest_step()

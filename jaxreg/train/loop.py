@@ -95,7 +95,7 @@ def fit(step: Callable[[TrainState, dict], tuple[TrainState, dict]], state: Trai
                dynamic_ncols=True)
 
     def save(step_now):
-        # A snapshot: Orbax writes asynchronously while the loop goes on mutating these.
+        # A copy in plain JSON types, as it will be read back on resume.
         record = json.loads(json.dumps({"run": run_config, "layout": layout(state),
                                         "history": history, "sums": sums}))
         checkpointer.save(step_now, state, record)

@@ -100,3 +100,34 @@ def test_checkpoint_without_out_dir_is_an_error():
     with pytest.raises(ValueError, match="needs an `out_dir`"):
         train.fit(STEP, _state(), _data(), epochs=1, batch_size=5, seed=0, checkpoint_every=2,
                   progress=False)
+
+
+_KILLED_RUN = """
+import os, signal, sys
+sys.path.insert(0, {tests!r})
+from test_loop import _CrashingSource, _data, _fit
+
+class _Killer(_CrashingSource):
+    def __getitems__(self, indices):
+        if self.left == 0:
+            os.kill(os.getpid(), signal.SIGKILL)  # no cleanup, no final checkpoint
+        return super().__getitems__(indices)
+
+_fit({out!r}, _Killer(_data(), fail_after=7))
+"""
+
+
+def test_sigkilled_run_resumes_to_identical_parameters(tmp_path):
+    import subprocess
+    import sys
+
+    script = _KILLED_RUN.format(tests=os.path.dirname(__file__), out=str(tmp_path / "cut"))
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert proc.returncode == -9, proc.stderr[-2000:]
+    saved = train.Checkpointer(tmp_path / "cut" / "checkpoints")
+    assert saved.latest_step() == 4  # what survived the kill; resuming starts there
+    saved.close()
+    full, _ = _fit(str(tmp_path / "full"), _data())
+    resumed, _ = _fit(str(tmp_path / "cut"), _data())
+    np.testing.assert_array_equal(resumed.params["w"], full.params["w"])
+    np.testing.assert_array_equal(resumed.opt_state[0].mu["w"], full.opt_state[0].mu["w"])
