@@ -51,8 +51,10 @@ def logits_and_targets(logits, targets, *, logits_name="logits", targets_name="t
     """Checks ``logits [..., K]`` against same-shaped targets (multi-hot or probabilities)."""
     logits = float_array(logits, logits_name, min_ndim=1)
     targets = jnp.asarray(targets)
-    if not (jnp.issubdtype(targets.dtype, jnp.number) or targets.dtype == jnp.bool_):
-        raise TypeError(f"`{targets_name}` must be numeric or boolean, got dtype {targets.dtype}.")
+    if not (jnp.issubdtype(targets.dtype, jnp.floating) or jnp.issubdtype(targets.dtype, jnp.integer)
+            or targets.dtype == jnp.bool_):
+        raise TypeError(f"`{targets_name}` must be real (float, integer or boolean), got dtype "
+                        f"{targets.dtype}.")
     same_shape(logits, targets, logits_name, targets_name)
     return logits, targets.astype(logits.dtype)
 

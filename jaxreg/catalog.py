@@ -15,8 +15,6 @@ import dataclasses
 from collections.abc import Callable, Mapping
 from types import MappingProxyType
 
-import optax
-
 from jaxreg.losses import classification, noisy_labels, self_distillation
 
 # Call signatures the contract tests know how to feed (see tests/test_contract.py).
@@ -42,6 +40,7 @@ class Entry:
     inputs: str = "logits, labels"
     hparams: Mapping[str, float] = dataclasses.field(default_factory=dict)
     provider: str = "jaxreg"
+    stops_gradient: str = ""  # where the reference detaches a quantity (part of its definition)
 
     def __post_init__(self):
         if self.inputs not in INPUT_KINDS:
@@ -59,17 +58,19 @@ _IMBALANCE = ("Escaping Saddle Points for Effective Generalization on Class-Imba
 
 ENTRIES: tuple[Entry, ...] = (
     # -- Classification -------------------------------------------------------------------
-    Entry("cross_entropy", optax.losses.softmax_cross_entropy_with_integer_labels,
-          "classification", "(baseline) softmax cross-entropy", "-",
+    Entry("cross_entropy", classification.cross_entropy, "classification",
+          "(baseline) softmax cross-entropy", "-",
           "optax.losses.softmax_cross_entropy_with_integer_labels", provider="optax"),
     Entry("poly1_cross_entropy", classification.poly1_cross_entropy, "classification",
           _POLY, "2204.12511", "optax.losses.poly_loss_cross_entropy (paper default epsilon=1)",
           hparams={"epsilon": 1.0}, provider="optax"),
     Entry("poly1_focal", classification.poly1_focal, "classification", _POLY, "2204.12511",
-          "paper's TF snippet poly1_focal_loss on optax.sigmoid_focal_loss",
+          "paper's poly1_focal_loss snippet on optax.sigmoid_focal_loss (alpha on the focal "
+          "term only; default epsilon=1 as in third-party copies, not checked in the paper)",
           inputs="logits, targets", hparams={"epsilon": 1.0, "gamma": 2.0, "alpha": 0.25}),
     Entry("softmax_focal", classification.softmax_focal, "classification", _FOCAL,
-          "1708.02002", "HanxunH/Active-Passive-Losses FocalLoss (clcarwin/focal_loss_pytorch)",
+          "1708.02002", "HanxunH/Active-Passive-Losses FocalLoss (clcarwin/focal_loss_pytorch) "
+          "with stop_gradient_weight=True (it detaches the weight); default differentiates it",
           hparams={"gamma": 2.0}),
     Entry("sigmoid_focal", classification.sigmoid_focal, "classification", _FOCAL,
           "1708.02002", "optax.losses.sigmoid_focal_loss (torchvision sigmoid_focal_loss)",
@@ -83,7 +84,9 @@ ENTRIES: tuple[Entry, ...] = (
           "Like-Hui/Squentropy_vision (loss_type='sqen')", hparams={"weight": 1.0}),
     Entry("spherical_z_loss", classification.spherical_z_loss, "classification",
           "The Z-loss: a shift and scale invariant classification loss belonging to the "
-          "Spherical Family (2016)", "1604.08859", "paper, Eq. of the Z-loss",
+          "Spherical Family (2016)", "1604.08859",
+          "paper's definition (no official code; defaults a=0.1, b=20 not yet checked "
+          "against the paper's experiments)",
           hparams={"a": 0.1, "b": 20.0}),
     Entry("encouraging", classification.encouraging, "classification",
           "Well-classified Examples are Underestimated in Classification with Deep Neural "
@@ -107,12 +110,14 @@ ENTRIES: tuple[Entry, ...] = (
     Entry("asymmetric", classification.asymmetric, "classification",
           "Asymmetric Loss For Multi-Label Classification (2020)", "2009.14119",
           "Alibaba-MIIL/ASL AsymmetricLoss (train.py settings)", inputs="logits, targets",
-          hparams={"gamma_pos": 0.0, "gamma_neg": 4.0, "clip": 0.05}),
+          hparams={"gamma_pos": 0.0, "gamma_neg": 4.0, "clip": 0.05},
+          stops_gradient="the focusing weight (disable_torch_grad_focal_loss=True)"),
     Entry("label_distributionally_robust", classification.label_distributionally_robust,
           "classification",
           "Label Distributionally Robust Losses for Multi-class Classification: Consistency, "
-          "Robustness and Adaptivity (2023)", "2112.14869", "Optimization-AI/LibAUC LDRLoss",
-          hparams={"lam": 1.0}),
+          "Robustness and Adaptivity (2023)", "2112.14869",
+          "Optimization-AI/ICML2023_LDR loss.py LDRLoss_V1 (experiment.py margin 0.1)",
+          hparams={"lam": 1.0, "margin": 0.1}),
     # -- Noisy labels ---------------------------------------------------------------------
     Entry("generalized_cross_entropy", noisy_labels.generalized_cross_entropy, "noisy_labels",
           "Generalized Cross Entropy Loss for Training Deep Neural Networks with Noisy Labels "
@@ -128,7 +133,8 @@ ENTRIES: tuple[Entry, ...] = (
     Entry("normalized_cross_entropy", noisy_labels.normalized_cross_entropy, "noisy_labels",
           _APL, "2006.13554", _APL_CODE + " NormalizedCrossEntropy"),
     Entry("normalized_focal", noisy_labels.normalized_focal, "noisy_labels", _APL,
-          "2006.13554", _APL_CODE + " NormalizedFocalLoss", hparams={"gamma": 0.5}),
+          "2006.13554", _APL_CODE + " NormalizedFocalLoss", hparams={"gamma": 0.5},
+          stops_gradient="every (1 - p)^gamma weight"),
     Entry("normalized_generalized_cross_entropy",
           noisy_labels.normalized_generalized_cross_entropy, "noisy_labels", _APL,
           "2006.13554", _APL_CODE + " NormalizedGeneralizedCrossEntropy", hparams={"q": 0.7}),
@@ -138,11 +144,12 @@ ENTRIES: tuple[Entry, ...] = (
     Entry("elr", noisy_labels.elr, "noisy_labels",
           "Early-Learning Regularization Prevents Memorization of Noisy Labels (2020)",
           "2007.00151", "shengliu66/ELR ELR/model/loss.py elr_loss",
-          inputs="logits, labels, example_state", hparams={"beta": 0.7, "lam": 3.0}),
+          inputs="logits, labels, example_state", hparams={"beta": 0.7, "lam": 3.0},
+          stops_gradient="the probabilities entering the EMA target"),
     Entry("progressive_self_distillation", self_distillation.progressive_self_distillation,
           "noisy_labels",
           "Self-Knowledge Distillation with Progressive Refinement of Targets (2021)",
-          "2006.12000", "lgcnsai/PS-KD-Pytorch loss/pskd_loss.py",
+          "2006.12000", "lgcnsai/PS-KD-Pytorch loss/pskd_loss.py and main.py (targets, alpha_t)",
           inputs="logits, labels, example_state", hparams={"alpha": 0.8}),
 )
 
@@ -172,8 +179,9 @@ def entries(family: str | None = None) -> tuple[Entry, ...]:
 
 def table(family: str | None = None) -> str:
     """The catalog as a markdown table."""
-    rows = ["| name | family | provider | paper | arXiv | matches |", "|---|---|---|---|---|---|"]
+    rows = ["| name | family | provider | paper | arXiv | matches | gradient stopped at |",
+            "|---|---|---|---|---|---|---|"]
     for e in entries(family):
         rows.append(f"| {e.name} | {e.family} | {e.provider} | {e.paper} | {e.arxiv} | "
-                    f"{e.reference} |")
+                    f"{e.reference} | {e.stops_gradient or '–'} |")
     return "\n".join(rows)

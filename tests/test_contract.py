@@ -53,6 +53,8 @@ def test_catalog_is_well_formed():
     for entry in ENTRIES:
         assert entry.paper and entry.arxiv and entry.reference, entry.name
         assert entry.provider in ("jaxreg", "optax"), entry.name
+    assert {e.name for e in ENTRIES if e.stops_gradient} == {
+        "asymmetric", "normalized_focal", "elr"}
     assert catalog.get("mae").family == "noisy_labels"
     with pytest.raises(KeyError, match="unknown component 'nope'; the catalog has: .*mae"):
         catalog.get("nope")
@@ -80,12 +82,17 @@ def test_vmap_over_each_hyperparameter(entry):
             np.testing.assert_allclose(swept[i], _loss(entry, args, **{name: v}), rtol=2e-5,
                                        atol=1e-6, err_msg=f"{entry.name}: {name}={v}")
         if len(set(_sweep(default))) > 1:
-            assert not np.allclose(swept[0], swept[1]) or not np.allclose(swept[0], swept[2]), (
+            # Some hyperparameters (a stabilising eps) move the loss only slightly: any change
+            # at all shows the traced value reaches the computation.
+            assert not (np.array_equal(swept[0], swept[1]) and np.array_equal(swept[0], swept[2])), (
                 f"{entry.name}: hyperparameter {name} has no effect")
 
 
 @pytest.mark.parametrize("entry", ENTRIES, ids=IDS)
 def test_gradients_match_finite_differences(entry):
+    if entry.stops_gradient:
+        pytest.skip(f"{entry.name} stops gradients by definition: {entry.stops_gradient}; its "
+                    "own tests check the gradient against the reference")
     with jax.enable_x64(True):
         args = _inputs(entry, jax.random.PRNGKey(2), dtype=jnp.float64, scale=1.0)
         rest = args[1:]
@@ -148,3 +155,11 @@ def test_mismatched_shapes_are_named(entry):
             args[2] = args[2][..., :-1]
         with pytest.raises(ValueError, match="`"):
             _loss(entry, tuple(args))
+
+
+def test_every_public_loss_is_in_the_catalog():
+    from jaxreg import losses
+    helpers = {"initial_predictions", "pskd_alpha"}  # PS-KD's schedule and buffer, not losses
+    registered = {e.fn for e in ENTRIES}
+    missing = [n for n in losses.__all__ if n not in helpers and getattr(losses, n) not in registered]
+    assert not missing, f"public losses missing from the catalog: {missing}"
