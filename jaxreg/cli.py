@@ -95,10 +95,18 @@ def _cmd_grid(args) -> int:
                                           == test_y)}
 
     optimizer = optax.inject_hyperparams(optax.adamw)(learning_rate=1e-3, weight_decay=0.0)
+    mesh = None
+    if args.shard:
+        import jax
+        import numpy as np
+        mesh = jax.sharding.Mesh(np.array(jax.devices()), ("grid",))
+        if len(values["learning_rate"]) % mesh.size:
+            raise UsageError(f"--shard: {len(values['learning_rate'])} configurations cannot be "
+                             f"split evenly over {mesh.size} devices")
     result = train.grid(objective, optimizer, model.init,
                         {"image": train_set["image"], "label": labels}, hparams=values,
                         seeds=range(args.seeds), epochs=args.epochs,
-                        batch_size=args.batch_size, evaluate=evaluate)
+                        batch_size=args.batch_size, evaluate=evaluate, mesh=mesh)
     acc = result.history["eval/test_accuracy"]
     rows = [[result.label(k), mean_std(acc[k].max(-1)), mean_std(acc[k, :, -1])]
             for k in range(len(result.configs))]
@@ -125,6 +133,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=20)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--noise", type=float, default=0.0, help="symmetric label-noise rate")
+    p.add_argument("--shard", action="store_true",
+                   help="split the configurations over all devices (a jax.sharding.Mesh)")
     p.add_argument("--out", help="write grid.json here")
     return parser
 

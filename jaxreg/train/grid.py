@@ -5,6 +5,11 @@ The purejaxrl idea made general: the step is pure, so ``vmap(vmap(epoch))`` over
 ``lax.scan`` over batches; the host loop over epochs only draws the progress bar and
 collects metrics. Members of one seed share their initial parameters and batch order, so
 configurations are compared on paired runs.
+
+Given a ``jax.sharding.Mesh``, the configurations are split over its devices (every mesh axis
+shards the configuration axis): each device trains K / devices configurations x all seeds,
+and nothing else changes. On several hosts, call ``jax.distributed.initialize()`` first and
+pass the global mesh.
 """
 
 from __future__ import annotations
@@ -96,6 +101,7 @@ def grid(objective: Objective, optimizer: optax.GradientTransformation,
          evaluate: Callable[[TrainState, dict], Mapping[str, jax.Array]] | None = None,
          seed_data: Mapping[str, Any] | None = None,
          init_example_state: Callable[[dict], Any] | None = None,
+         mesh: jax.sharding.Mesh | None = None,
          progress: bool = True, desc: str = "grid") -> GridResult:
     """Trains every (configuration, seed) pair as one vmapped program.
 
@@ -116,6 +122,8 @@ def grid(objective: Objective, optimizer: optax.GradientTransformation,
             with each seed) that override or extend ``train_data``.
         init_example_state: ``init_example_state(data) -> per-example state`` (leading axis
             N), for objectives that keep one.
+        mesh: a device mesh to split the K configurations over (K must be divisible by its
+            size); None keeps everything on the default device.
         progress: show a progress bar over epochs.
     """
     configs = _configs(hparams)
@@ -153,10 +161,18 @@ def grid(objective: Objective, optimizer: optax.GradientTransformation,
             metrics.update({f"eval/{k}": v for k, v in evaluate(state, data).items()})
         return state, metrics
 
+    members = None  # sharding of everything with a leading configuration axis
+    if mesh is not None:
+        if len(configs) % mesh.size:
+            raise ValueError(f"the {len(configs)} configurations cannot be split evenly over "
+                             f"the mesh's {mesh.size} devices; use a multiple of {mesh.size}")
+        members = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(mesh.axis_names))
+        values = jax.device_put(values, members)
     over_seeds = (0, 0, 0, None)
-    init_all = jax.jit(jax.vmap(jax.vmap(init_member, (None, 0, 0)), (0, None, None)))
+    init_all = jax.jit(jax.vmap(jax.vmap(init_member, (None, 0, 0)), (0, None, None)),
+                       out_shardings=members)
     epoch_all = jax.jit(jax.vmap(jax.vmap(epoch_member, over_seeds), (0, None, None, None)),
-                        donate_argnums=0)
+                        out_shardings=members, donate_argnums=0)
     state = init_all(values, keys, seed_data)
     history: dict[str, list] = {}
     bar = tqdm(range(epochs), desc=desc, disable=not progress, unit="epoch", dynamic_ncols=True)
