@@ -15,6 +15,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
@@ -94,26 +95,41 @@ def fit(step: Callable[[TrainState, dict], tuple[TrainState, dict]], state: Trai
     bar = tqdm(total=total, initial=min(start, total), disable=not progress, unit="step",
                dynamic_ncols=True)
 
+    pending, pending_count = None, 0  # metric sums still on the device since the last fold
+
+    def fold():
+        """Adds the device-side sums into ``sums`` (host floats): one transfer."""
+        nonlocal pending, pending_count
+        if pending_count:
+            for k, v in _to_float(pending).items():
+                sums[k] = sums.get(k, 0.0) + v
+            sums["_count"] = sums.get("_count", 0.0) + pending_count
+        pending, pending_count = None, 0
+
     def save(step_now):
+        fold()
         # A copy in plain JSON types, as it will be read back on resume.
         record = json.loads(json.dumps({"run": run_config, "layout": layout(state),
                                         "history": history, "sums": sums}))
         checkpointer.save(step_now, state, record)
 
+    now = start
     try:
         for epoch in range(start // per_epoch, epochs):
+            if now >= total:
+                break
             offset = start - epoch * per_epoch if epoch == start // per_epoch else 0
             for batch in batches(train_data, batch_size, seed=seed, epoch=epoch, start=offset):
-                if int(state.step) >= total:
+                if now >= total:
                     break
                 batch["epoch"] = np.int32(epoch)
                 state, metrics = jitted(state, batch)
-                for k, v in _to_float(metrics).items():
-                    sums[k] = sums.get(k, 0.0) + v
-                sums["_count"] = sums.get("_count", 0.0) + 1
+                now += 1
+                pending = metrics if pending is None else jax.tree.map(jnp.add, pending, metrics)
+                pending_count += 1
                 bar.update(1)
-                now = int(state.step)
                 if now % per_epoch == 0:
+                    fold()
                     count = sums.pop("_count")
                     row = {"epoch": epoch + 1, "step": now,
                            **{f"train/{k}": v / count for k, v in sums.items()}}
@@ -125,10 +141,8 @@ def fit(step: Callable[[TrainState, dict], tuple[TrainState, dict]], state: Trai
                                      if k.startswith(("train/loss", "eval/"))})
                 if checkpointer is not None and now % checkpoint_every == 0:
                     save(now)
-            if int(state.step) >= total:
-                break
-        if checkpointer is not None and checkpointer.latest_step() != int(state.step):
-            save(int(state.step))
+        if checkpointer is not None and checkpointer.latest_step() != now:
+            save(now)
     finally:
         bar.close()
         if checkpointer is not None:
