@@ -177,6 +177,17 @@ def entries(family: str | None = None) -> tuple[Entry, ...]:
     return tuple(e for e in ENTRIES if e.family == family)
 
 
+def page() -> str:
+    """``docs/catalog.md``: every entry, by family (``jaxreg list --page`` writes it)."""
+    parts = ["# The jaxreg catalog", "",
+             "Generated from `jaxreg.catalog` by `jaxreg list --page`; a test keeps it current.",
+             "Each entry agrees with the implementation named under *matches* on values and "
+             "gradients (see `tests/`), and passes the contract suite (`tests/test_contract.py`)."]
+    for family in FAMILIES:
+        parts += ["", f"## {family}", "", table(family)]
+    return "\n".join(parts) + "\n"
+
+
 def table(family: str | None = None) -> str:
     """The catalog as a markdown table."""
     rows = ["| name | family | provider | paper | arXiv | matches | gradient stopped at |",

@@ -16,7 +16,7 @@ weight_decay: AdamW)."""
 def _cmd_list(args) -> int:
     from jaxreg import catalog
     try:
-        print(catalog.table(args.family))
+        print(catalog.page() if args.page else catalog.table(args.family) + "\n", end="")
     except KeyError as err:
         raise UsageError(err.args[0]) from None
     return 0
@@ -123,6 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("list", help="print the catalog")
     p.add_argument("--family", help="only this family")
+    p.add_argument("--page", action="store_true", help="the whole docs/catalog.md page")
     p = sub.add_parser("run", help="run an experiment (jaxreg run NAME --help)", add_help=False)
     p.add_argument("experiment")
     p = sub.add_parser("grid", help="train a hyperparameter grid", description=GRID_HELP)

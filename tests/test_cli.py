@@ -53,3 +53,9 @@ def test_grid_command_shards_over_devices(capsys):
     assert code == 0 and "| tau=2.0, learning_rate=0.001 |" in capsys.readouterr().out
     assert cli.main(["grid", "--loss", "comp_sum", "--set", "tau=1.0,2.0", "--shard"]) == 2
     assert "cannot be split evenly over 8 devices" in capsys.readouterr().err
+
+
+def test_docs_catalog_page_is_current():
+    import pathlib
+    page = (pathlib.Path(__file__).parents[1] / "docs" / "catalog.md").read_text()
+    assert page == catalog.page(), "regenerate with: jaxreg list --page > docs/catalog.md"

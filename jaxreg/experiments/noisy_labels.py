@@ -184,21 +184,21 @@ def claims(results: dict) -> list[Claim]:
             f"CE best - last >= {MEMORIZATION_DROP} points at every setting with >= 40 % noise",
             all(d >= MEMORIZATION_DROP for d in drops.values()),
             ", ".join(f"{k}: {d:.1f}" for k, d in drops.items())))
-        worst = {}
-        for name in ROBUST:
-            for key in noisy:
-                s = results[key]["losses"]
-                drop = 100 * (_mean(s[name]["best"]) - _mean(s[name]["last"]))
-                fit_gap = _mean(s[name]["noisy_fit_last"]) - _mean(s["CE"]["noisy_fit_last"])
-                if name not in worst or drop > worst[name][1]:
-                    worst[name] = (key, drop, fit_gap)
-        out.append(Claim(
-            "the robust losses and ELR do not memorize",
-            f"for each of {', '.join(ROBUST)}: best - last < {ROBUST_DROP} points and fewer "
-            "noisy labels fitted than CE, at every setting with >= 40 % noise",
-            all(d < ROBUST_DROP and g < 0 for _, d, g in worst.values()),
-            "; ".join(f"{n}: worst drop {d:.1f} ({k}), noisy-fit vs CE {100 * g:+.1f}"
-                      for n, (k, d, g) in worst.items())))
+        for name in ROBUST:  # one verdict per loss: they need not all behave alike
+            drops = {key: 100 * (_mean(results[key]["losses"][name]["best"])
+                                 - _mean(results[key]["losses"][name]["last"])) for key in noisy}
+            fit_gaps = {key: 100 * (_mean(results[key]["losses"][name]["noisy_fit_last"])
+                                    - _mean(results[key]["losses"]["CE"]["noisy_fit_last"]))
+                        for key in noisy}
+            worst = max(drops, key=drops.get)
+            out.append(Claim(
+                f"{name} does not memorize noisy labels",
+                f"best - last < {ROBUST_DROP} points and fewer noisy labels fitted than CE at "
+                "every setting with >= 40 % noise",
+                all(d < ROBUST_DROP for d in drops.values())
+                and all(g < 0 for g in fit_gaps.values()),
+                f"largest drop {drops[worst]:.1f} ({worst}); noisy labels fitted vs CE "
+                + ", ".join(f"{g:+.1f}" for g in fit_gaps.values())))
     clean_key = next((key for key, r in results.items() if r["rate"] == 0.0), None)
     if clean_key is not None:
         s = results[clean_key]["losses"]

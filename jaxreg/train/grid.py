@@ -102,6 +102,7 @@ def grid(objective: Objective, optimizer: optax.GradientTransformation,
          seed_data: Mapping[str, Any] | None = None,
          init_example_state: Callable[[dict], Any] | None = None,
          mesh: jax.sharding.Mesh | None = None,
+         on_epoch: Callable[[int, dict[str, np.ndarray]], None] | None = None,
          progress: bool = True, desc: str = "grid") -> GridResult:
     """Trains every (configuration, seed) pair as one vmapped program.
 
@@ -124,6 +125,8 @@ def grid(objective: Objective, optimizer: optax.GradientTransformation,
             N), for objectives that keep one.
         mesh: a device mesh to split the K configurations over (K must be divisible by its
             size); None keeps everything on the default device.
+        on_epoch: ``on_epoch(epoch, metrics)`` after each epoch, with that epoch's metrics as
+            host arrays [K, S] (for logging, early inspection or timing).
         progress: show a progress bar over epochs.
     """
     configs = _configs(hparams)
@@ -179,8 +182,11 @@ def grid(objective: Objective, optimizer: optax.GradientTransformation,
     for epoch in bar:
         order = jnp.asarray(np.stack([epoch_indices(s, epoch, n, batch_size) for s in seeds]))
         state, metrics = epoch_all(state, seed_data, order, jnp.int32(epoch))
-        for name, value in jax.device_get(metrics).items():
+        metrics = jax.device_get(metrics)
+        for name, value in metrics.items():
             history.setdefault(name, []).append(value)
+        if on_epoch is not None:
+            on_epoch(epoch, metrics)
         bar.set_postfix({name.split("/")[-1]: f"{float(np.mean(v[-1])):.3g}"
                          for name, v in history.items() if name in ("train/loss",)
                          or name.startswith("eval/")})

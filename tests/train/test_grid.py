@@ -102,3 +102,12 @@ def test_grid_sharded_over_a_mesh_equals_one_device():
     with pytest.raises(ValueError, match="3 configurations cannot be split evenly"):
         train.grid(_objective, OPT, _init, _data(), mesh=mesh, hparams={"wd": [0.0] * 3},
                    seeds=[0], epochs=1, batch_size=5)
+
+
+def test_on_epoch_sees_each_epochs_metrics():
+    seen = []
+    result = train.grid(_objective, OPT, _init, _data(), hparams={"wd": [0.0, 0.1],
+                        "learning_rate": [0.5, 0.5]}, seeds=[0], epochs=3, batch_size=5,
+                        on_epoch=lambda e, m: seen.append((e, m["train/loss"])), progress=False)
+    assert [e for e, _ in seen] == [0, 1, 2]
+    np.testing.assert_array_equal(np.stack([m for _, m in seen], -1), result.history["train/loss"])
