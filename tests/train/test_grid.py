@@ -84,11 +84,15 @@ def test_product_is_cartesian():
         "a": [1, 1, 1, 2, 2, 2], "b": ["x", "y", "z", "x", "y", "z"]}
 
 
-def test_grid_sharded_over_a_mesh_equals_one_device():
+@pytest.mark.parametrize("explicit", [False, True], ids=["auto-mesh", "explicit-mesh"])
+def test_grid_sharded_over_a_mesh_equals_one_device(explicit):
     from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
     assert jax.device_count() >= 4, "tests/conftest.py asks XLA for 8 CPU devices"
-    mesh = Mesh(np.array(jax.devices()[:4]), ("grid",))
+    if explicit:  # jax.make_mesh's default axis type
+        mesh = jax.make_mesh((4,), ("grid",), devices=jax.devices()[:4])
+    else:
+        mesh = Mesh(np.array(jax.devices()[:4]), ("grid",))
     kwargs = dict(hparams={"wd": [0.0, 0.1, 0.2, 0.3], "learning_rate": [0.5] * 4},
                   seeds=[0, 1], epochs=2, batch_size=5, progress=False)
     sharded = train.grid(_objective, OPT, _init, _data(), mesh=mesh, **kwargs)
