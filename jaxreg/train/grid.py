@@ -102,6 +102,7 @@ def grid(objective: Objective, optimizer: optax.GradientTransformation,
          seed_data: Mapping[str, Any] | None = None,
          init_example_state: Callable[[dict], Any] | None = None,
          mesh: jax.sharding.Mesh | None = None,
+         aggregator: optax.GradientTransformation | None = None,
          on_epoch: Callable[[int, dict[str, np.ndarray]], None] | None = None,
          progress: bool = True, desc: str = "grid") -> GridResult:
     """Trains every (configuration, seed) pair as one vmapped program.
@@ -125,6 +126,9 @@ def grid(objective: Objective, optimizer: optax.GradientTransformation,
             N), for objectives that keep one.
         mesh: a device mesh to split the K configurations over (K must be divisible by its
             size); None keeps everything on the default device.
+        aggregator: a ``jaxreg.multiobjective`` aggregator: every member differentiates the
+            objective's terms separately and aggregates them (its hyperparameters, injected
+            with ``optax.inject_hyperparams``, can be swept like the optimizer's).
         on_epoch: ``on_epoch(epoch, metrics)`` after each epoch, with that epoch's metrics as
             host arrays [K, S] (for logging, early inspection or timing).
         progress: show a progress bar over epochs.
@@ -142,14 +146,14 @@ def grid(objective: Objective, optimizer: optax.GradientTransformation,
                              f"({len(seeds)}, {n}) = (seeds, examples), got {value.shape}")
     values = {name: _as_array(v) for name, v in hparams.items()}
     keys = jnp.stack([jax.random.PRNGKey(s) for s in seeds])
-    step = make_step(objective, optimizer)
+    step = make_step(objective, optimizer, aggregator=aggregator)
 
     def init_member(hp, key, own):
         init_key, train_key = jax.random.split(key)
         data = {**train_data, **own}
         rows = init_example_state(data) if init_example_state is not None else None
         return init_state(init_params(init_key), optimizer, key=train_key, hparams=hp,
-                          example_state=rows)
+                          example_state=rows, aggregator=aggregator)
 
     def epoch_member(state, own, order, epoch):
         data = {**train_data, **own}

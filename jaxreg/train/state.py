@@ -32,6 +32,16 @@ class TrainState(flax.struct.PyTreeNode):
     example_state: Any = None
 
 
+def full_optimizer(optimizer: optax.GradientTransformation,
+                   aggregator: optax.GradientTransformation | None = None
+                   ) -> optax.GradientTransformation:
+    """The transformation whose state ``TrainState.opt_state`` holds: the aggregator (if any)
+    chained before the optimizer, accepting extra arguments such as ``value``."""
+    if aggregator is not None:
+        optimizer = optax.chain(aggregator, optimizer)
+    return optax.with_extra_args_support(optimizer)
+
+
 def optimizer_hparam_names(optimizer: optax.GradientTransformation, params) -> set[str]:
     """Names of the hyperparameters an optimizer exposes through ``inject_hyperparams``."""
     kinds = (optax.InjectHyperparamsState, optax.InjectStatefulHyperparamsState)
@@ -48,13 +58,16 @@ def optimizer_hparam_names(optimizer: optax.GradientTransformation, params) -> s
 
 
 def init_state(params, optimizer: optax.GradientTransformation, *, key: jax.Array,
-               hparams: Mapping[str, Any] | None = None, example_state: Any = None) -> TrainState:
+               hparams: Mapping[str, Any] | None = None, example_state: Any = None,
+               aggregator: optax.GradientTransformation | None = None) -> TrainState:
     """Builds a ``TrainState``, routing each hyperparameter to where it is used.
 
-    A name the optimizer injects (``optax.inject_hyperparams``) is written into the optimizer
-    state; every other name is kept in ``state.hparams`` for the objective. Values may be
-    traced, so this function can be vmapped over a grid.
+    A name the optimizer (or the aggregator) injects through ``optax.inject_hyperparams`` is
+    written into the optimizer state; every other name is kept in ``state.hparams`` for the
+    objective. Values may be traced, so this function can be vmapped over a grid. Pass the
+    ``aggregator`` given to ``make_step``: the optimizer state then holds both.
     """
+    optimizer = full_optimizer(optimizer, aggregator)
     hparams = {k: jnp.asarray(v) for k, v in (hparams or {}).items()}
     injected = optimizer_hparam_names(optimizer, params)
     opt_state = optimizer.init(params)

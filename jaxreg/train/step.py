@@ -1,58 +1,156 @@
-"""The train step: objective -> gradient -> optax update, as one pure function."""
+"""The train step: objective -> gradient(s) -> optax update, as one pure function.
+
+Ordinary training differentiates the weighted sum of the objective's terms. Multi-objective
+training (``aggregator=``) differentiates each term separately, from one forward pass and a
+VJP vmapped over the terms, and hands the stacked gradients to an aggregator from
+``jaxreg.multiobjective`` (UPGrad, ConFIG, PCGrad, ...), whose single update the optimizer
+then applies. With ``representation=`` the aggregator sees the terms' gradients with respect
+to a shared representation instead of all parameters (MGDA-UB, Sener & Koltun 2018): it picks
+the weights there, and one backward pass of the weighted sum updates every parameter.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from itertools import combinations
 
 import jax
+import jax.numpy as jnp
 import optax
 
 from jaxreg import objective as objective_lib
-from jaxreg.train.state import TrainState
+from jaxreg.multiobjective.base import gramian
+from jaxreg.train.state import TrainState, full_optimizer
+
+
+def _gather_rows(state: TrainState, batch: dict):
+    if state.example_state is None:
+        return None
+    if "index" not in batch:
+        raise KeyError("an objective with per-example state needs `batch['index']`")
+    return jax.tree.map(lambda buf: buf[batch["index"]], state.example_state)
+
+
+def _scatter_rows(state: TrainState, batch: dict, new_rows):
+    if new_rows is None:
+        return state.example_state
+    return jax.tree.map(lambda buf, new: buf.at[batch["index"]].set(new),
+                        state.example_state, new_rows)
+
+
+def _gramian_metrics(names, gram, agg_state) -> dict:
+    """Pairwise cosines of the terms' gradients, and the aggregator's weights if it logs them."""
+    norms = jnp.sqrt(jnp.maximum(jnp.diag(gram), 1e-30))
+    metrics = {f"cos/{names[i]},{names[j]}": gram[i, j] / (norms[i] * norms[j])
+               for i, j in combinations(range(len(names)), 2)}
+    metrics.update({f"grad_norm/{n}": norms[i] for i, n in enumerate(names)})
+    weights = getattr(agg_state, "weights", None)
+    if weights is not None and weights.shape == (len(names),):
+        metrics.update({f"weight/{n}": weights[i] for i, n in enumerate(names)})
+    return metrics
 
 
 def make_step(objective: objective_lib.Objective, optimizer: optax.GradientTransformation,
-              *, weights: Mapping[str, float] | None = None
+              *, weights: Mapping[str, float] | None = None,
+              aggregator: optax.GradientTransformation | None = None,
+              representation: Callable | None = None,
               ) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
     """Returns ``step(state, batch) -> (state, metrics)``, pure and jit/vmap-safe.
 
     The step splits the state's key, gathers the batch's rows of the per-example state (by
-    ``batch["index"]``) when there is one, differentiates the weighted sum of the objective's
-    terms, applies the optimizer, and scatters the new rows back.
+    ``batch["index"]``) when there is one, computes the update, applies the optimizer, and
+    scatters the new rows back. Build the state with ``init_state(..., aggregator=...)``
+    using the same aggregator.
 
     Args:
-        objective: ``objective(params, batch, hparams, key[, rows]) -> terms[, new_rows]``.
+        objective: ``objective(params, batch, hparams, key[, rows]) -> terms[, new_rows]``;
+            with ``representation``, it also takes the keyword ``representation`` (the
+            shared features, from which it computes the terms).
         optimizer: any optax transformation (extra-args variants receive ``value``).
-        weights: optional static weight per term name (a term without one counts once);
-            traced weights belong in ``hparams``, applied inside the objective.
+        weights: optional static weight per term name for the summed objective (a term
+            without one counts once); traced weights belong in ``hparams``.
+        aggregator: a ``jaxreg.multiobjective`` transformation: each term is differentiated
+            separately and the stacked gradients (leading axis in sorted term-name order)
+            are aggregated into one update.
+        representation: ``representation(params, batch) -> features`` shared by every term
+            (MGDA-UB): the aggregator sees the terms' gradients with respect to the features
+            and must log its weights (build it with ``num_objectives``); the update is the
+            gradient of the weighted sum of terms.
 
     Returns:
-        The step; ``metrics`` holds ``"loss"`` (the weighted sum) and every named term.
+        The step. ``metrics`` holds ``"loss"`` (the sum of the weighted terms) and every
+        term; with an aggregator also ``cos/a,b`` (cosine of the gradients of terms a and b),
+        ``grad_norm/a`` and, when the aggregator logs them, ``weight/a``.
     """
-    def loss_fn(params, batch, hparams, key, rows):
-        terms, new_rows = objective_lib.evaluate(objective, params, batch, hparams, key, rows)
-        return objective_lib.weighted_sum(terms, weights), (terms, new_rows)
+    if aggregator is None and representation is not None:
+        raise ValueError("`representation` needs an `aggregator` to choose the weights")
+    if aggregator is not None and weights is not None:
+        raise ValueError("give `weights` or an `aggregator`, not both: the aggregator decides "
+                         "how the terms are combined")
+    transform = full_optimizer(optimizer, aggregator)
 
-    optimizer = optax.with_extra_args_support(optimizer)
+    def summed(state, batch, step_key, rows):
+        def loss_fn(params):
+            terms, new_rows = objective_lib.evaluate(
+                objective, params, batch, state.hparams, step_key, rows)
+            return objective_lib.weighted_sum(terms, weights), (terms, new_rows)
+
+        (loss, (terms, new_rows)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+            state.params)
+        updates, opt_state = transform.update(grads, state.opt_state, state.params, value=loss)
+        return updates, opt_state, {"loss": loss, **terms}, new_rows
+
+    def per_term(state, batch, step_key, rows):
+        terms, jacobian, new_rows = objective_lib.term_gradients(
+            objective, state.params, batch, state.hparams, step_key, rows)
+        loss = objective_lib.weighted_sum(terms)
+        updates, opt_state = transform.update(jacobian, state.opt_state, state.params,
+                                              value=loss)
+        metrics = {"loss": loss, **terms,  # opt_state = (aggregator state, optimizer state)
+                   **_gramian_metrics(sorted(terms), gramian(jacobian), opt_state[0])}
+        return updates, opt_state, metrics, new_rows
+
+    def on_representation(state, batch, step_key, rows):
+        features, encoder_vjp = jax.vjp(lambda p: representation(p, batch), state.params)
+
+        def stacked(params, feats):
+            out = objective(params, batch, state.hparams, step_key,
+                            *(() if rows is None else (rows,)), representation=feats)
+            terms, new_rows = out if rows is not None else (out, None)
+            return jnp.stack([terms[n] for n in sorted(terms)]), (terms, new_rows)
+
+        values, heads_vjp, (terms, new_rows) = jax.vjp(stacked, state.params, features,
+                                                       has_aux=True)
+        basis = jnp.eye(values.shape[0], dtype=values.dtype)
+        feature_jacobian = jax.vmap(lambda e: heads_vjp(e)[1])(basis)
+        agg_state, opt_state = state.opt_state  # as built by full_optimizer
+        _, agg_state = aggregator.update(feature_jacobian, agg_state, state.params)
+        term_weights = agg_state.weights
+        if term_weights.shape != values.shape:
+            raise ValueError("with `representation`, the aggregator must log its weights: "
+                             f"build it with num_objectives={values.shape[0]}")
+        head_grads, feature_grads = heads_vjp(term_weights.astype(values.dtype))
+        (encoder_grads,) = encoder_vjp(feature_grads)
+        grads = jax.tree.map(jnp.add, head_grads, encoder_grads)
+        loss = jnp.sum(values)
+        updates, opt_state = optimizer_only.update(grads, opt_state, state.params, value=loss)
+        metrics = {"loss": loss, **terms,
+                   **_gramian_metrics(sorted(terms), gramian(feature_jacobian), agg_state)}
+        return updates, (agg_state, opt_state), metrics, new_rows
+
+    if representation is not None:
+        optimizer_only = optax.with_extra_args_support(optimizer)
+        update_fn = on_representation
+    else:
+        update_fn = per_term if aggregator is not None else summed
 
     def step(state: TrainState, batch: dict):
         key, step_key = jax.random.split(state.key)
-        rows = None
-        if state.example_state is not None:
-            if "index" not in batch:
-                raise KeyError("an objective with per-example state needs `batch['index']`")
-            rows = jax.tree.map(lambda buf: buf[batch["index"]], state.example_state)
-        (loss, (terms, new_rows)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-            state.params, batch, state.hparams, step_key, rows)
-        updates, opt_state = optimizer.update(
-            grads, state.opt_state, state.params, value=loss)
-        example_state = state.example_state
-        if rows is not None:
-            example_state = jax.tree.map(lambda buf, new: buf.at[batch["index"]].set(new),
-                                         example_state, new_rows)
+        rows = _gather_rows(state, batch)
+        updates, opt_state, metrics, new_rows = update_fn(state, batch, step_key, rows)
         new_state = state.replace(params=optax.apply_updates(state.params, updates),
                                   opt_state=opt_state, step=state.step + 1, key=key,
-                                  example_state=example_state)
-        return new_state, {"loss": loss, **terms}
+                                  example_state=_scatter_rows(state, batch, new_rows))
+        return new_state, metrics
 
     return step
