@@ -25,6 +25,16 @@ INPUT_KINDS = {
     "features, centers, labels": "features [B, D], class centers [K, D], labels [B] -> loss [B]",
     "logits, labels, example_state": (
         "logits [B, K], labels [B] int, per-example state [B, K] -> (loss [B], new state [B, K])"),
+    "jacobian": ("constructor(**hparams, num_objectives=m) -> optax transformation taking the "
+                 "Jacobian pytree [m, ...] -> one update"),
+}
+
+# Properties an aggregator may claim (torchjd's definitions), checked by
+# tests/multiobjective/test_contract.py on a zoo of Jacobians.
+CLAIMS = {
+    "non_conflicting": "J A(J) >= 0: no objective increases to first order",
+    "permutation_invariant": "A(P J) = A(J) for any permutation P of the objectives",
+    "linear_under_scaling": "c -> A(diag(c) J) is linear for c > 0",
 }
 
 
@@ -41,12 +51,16 @@ class Entry:
     hparams: Mapping[str, float] = dataclasses.field(default_factory=dict)
     provider: str = "jaxreg"
     stops_gradient: str = ""  # where the reference detaches a quantity (part of its definition)
+    claims: tuple[str, ...] = ()  # aggregator properties, keys of CLAIMS
 
     def __post_init__(self):
         if self.inputs not in INPUT_KINDS:
             raise ValueError(f"Entry {self.name!r}: unknown inputs {self.inputs!r}; "
                              f"expected one of {sorted(INPUT_KINDS)}.")
         object.__setattr__(self, "hparams", MappingProxyType(dict(self.hparams)))
+        unknown = set(self.claims) - set(CLAIMS)
+        if unknown:
+            raise ValueError(f"Entry {self.name!r}: unknown claims {sorted(unknown)}")
 
 
 _POLY = "PolyLoss: A Polynomial Expansion Perspective of Classification Loss Functions (2022)"

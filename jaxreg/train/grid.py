@@ -103,6 +103,7 @@ def grid(objective: Objective, optimizer: optax.GradientTransformation,
          init_example_state: Callable[[dict], Any] | None = None,
          mesh: jax.sharding.Mesh | None = None,
          aggregator: optax.GradientTransformation | None = None,
+         representation: Callable | None = None,
          on_epoch: Callable[[int, dict[str, np.ndarray]], None] | None = None,
          progress: bool = True, desc: str = "grid") -> GridResult:
     """Trains every (configuration, seed) pair as one vmapped program.
@@ -129,6 +130,8 @@ def grid(objective: Objective, optimizer: optax.GradientTransformation,
         aggregator: a ``jaxreg.multiobjective`` aggregator: every member differentiates the
             objective's terms separately and aggregates them (its hyperparameters, injected
             with ``optax.inject_hyperparams``, can be swept like the optimizer's).
+        representation: with ``aggregator``, aggregate on this shared representation
+            (MGDA-UB), as in ``make_step``.
         on_epoch: ``on_epoch(epoch, metrics)`` after each epoch, with that epoch's metrics as
             host arrays [K, S] (for logging, early inspection or timing).
         progress: show a progress bar over epochs.
@@ -146,7 +149,7 @@ def grid(objective: Objective, optimizer: optax.GradientTransformation,
                              f"({len(seeds)}, {n}) = (seeds, examples), got {value.shape}")
     values = {name: _as_array(v) for name, v in hparams.items()}
     keys = jnp.stack([jax.random.PRNGKey(s) for s in seeds])
-    step = make_step(objective, optimizer, aggregator=aggregator)
+    step = make_step(objective, optimizer, aggregator=aggregator, representation=representation)
 
     def init_member(hp, key, own):
         init_key, train_key = jax.random.split(key)

@@ -33,3 +33,15 @@ def test_mlp_layer_widths():
 def test_cnn_rejects_flat_input_shape():
     with pytest.raises(ValueError, match="`input_shape` must be"):
         models.cnn((64,), 10)
+
+
+def test_multitask_halves_compose_to_apply():
+    model = models.multitask_mlp((8, 8, 1), {"digit": 10, "parity": 1}, hidden=(16, 8))
+    params = model.init(jax.random.PRNGKey(0))
+    x = jax.random.normal(jax.random.PRNGKey(1), (5, 8, 8, 1))
+    out = model.apply(params, x)
+    assert out["digit"].shape == (5, 10) and out["parity"].shape == (5, 1)
+    features = model.encode(params, x)
+    assert features.shape == (5, 8)
+    np.testing.assert_allclose(model.heads(params, features)["digit"], out["digit"])
+    assert set(params) == {"trunk", "digit", "parity"}

@@ -1,0 +1,118 @@
+"""The contract every aggregator in the catalog passes (torchjd's property suite, in JAX).
+
+On the zoo of Jacobians: output structure and finiteness (also for zero Jacobians and for
+Jacobians scaled from 1e-10 to 1e15), jit, use inside ``optax.chain``, vmap over each numeric
+hyperparameter, and the properties each entry claims in ``jaxreg.catalog`` (non-conflicting,
+permutation invariance, linearity under scaling), with torchjd's tolerances.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from jaxreg import catalog
+from zoo import as_tree, flat, matrices, scaled_matrices, zero_matrices
+
+ENTRIES = [e for e in catalog.ENTRIES if e.inputs == "jacobian"]
+IDS = [e.name for e in ENTRIES]
+
+
+def _supports(entry, m):
+    return entry.name != "bloop" or m == 2  # main + one auxiliary, as the official code
+
+
+def _aggregate(entry, matrix, **hparams):
+    jac = as_tree(matrix)
+    params = jax.tree.map(lambda x: jnp.zeros(x.shape[1:], x.dtype), jac)
+    agg = entry.fn(num_objectives=len(matrix), **hparams)
+    update, _ = agg.update(jac, agg.init(params), params)
+    return update
+
+
+def _vector(update):
+    return flat(jax.tree.map(lambda x: np.asarray(x)[None], update))[0]
+
+
+def _cases(entry, cases):
+    return [(name, m) for name, m in cases if _supports(entry, len(m))]
+
+
+@pytest.mark.parametrize("entry", ENTRIES, ids=IDS)
+def test_structure_finite_and_jit(entry):
+    for name, matrix in _cases(entry, matrices() + zero_matrices() + scaled_matrices()):
+        update = _aggregate(entry, matrix)
+        out = _vector(update)
+        assert out.shape == (matrix.shape[1],), (entry.name, name)
+        assert np.all(np.isfinite(out)), (entry.name, name, out)
+    name, matrix = _cases(entry, matrices())[-1]
+    jitted = jax.jit(lambda j: _aggregate(entry, j))(jnp.asarray(matrix, jnp.float32))
+    np.testing.assert_allclose(_vector(jitted), _vector(_aggregate(entry, matrix)), rtol=1e-4,
+                               atol=1e-5)
+
+
+@pytest.mark.parametrize("entry", ENTRIES, ids=IDS)
+def test_chains_with_an_optimizer_under_jit(entry):
+    name, matrix = _cases(entry, matrices())[-1]
+    jac = as_tree(matrix)
+    params = jax.tree.map(lambda x: jnp.zeros(x.shape[1:], x.dtype), jac)
+    chain = optax.chain(entry.fn(num_objectives=len(matrix)), optax.sgd(0.1))
+    state = chain.init(params)
+    for _ in range(3):  # state round-trips with a stable structure
+        update, state = jax.jit(chain.update)(jac, state, params)
+    assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(update))
+
+
+@pytest.mark.parametrize("entry", [e for e in ENTRIES if e.hparams],
+                         ids=[e.name for e in ENTRIES if e.hparams])
+def test_vmap_over_each_hyperparameter(entry):
+    name, matrix = _cases(entry, matrices())[-1]
+    for hp, default in entry.hparams.items():
+        values = [default, 0.5 * default] if default else [0.0, 0.5]
+        swept = jax.vmap(lambda v: _aggregate(entry, matrix, **{hp: v}))(jnp.asarray(values))
+        for i, v in enumerate(values):
+            one = jax.tree.map(lambda x: x[i], swept)
+            np.testing.assert_allclose(_vector(one), _vector(_aggregate(entry, matrix, **{hp: v})),
+                                       rtol=1e-4, atol=1e-5, err_msg=f"{entry.name} {hp}={v}")
+
+
+def _claiming(claim):
+    chosen = [e for e in ENTRIES if claim in e.claims]
+    return pytest.mark.parametrize("entry", chosen, ids=[e.name for e in chosen])
+
+
+@_claiming("non_conflicting")
+def test_non_conflicting(entry):
+    # torchjd _asserts.assert_non_conflicting: ||(J a)_+|| close to ||J a||, atol = rtol = 4e-4
+    for name, matrix in _cases(entry, matrices()):
+        projections = matrix @ _vector(_aggregate(entry, matrix))
+        np.testing.assert_allclose(np.linalg.norm(np.maximum(projections, 0)),
+                                   np.linalg.norm(projections), atol=4e-4, rtol=4e-4,
+                                   err_msg=f"{entry.name} on {name}")
+
+
+@_claiming("permutation_invariant")
+def test_permutation_invariant(entry):
+    rng = np.random.default_rng(0)
+    for name, matrix in _cases(entry, matrices()):
+        for _ in range(3):
+            permuted = matrix[rng.permutation(len(matrix))]
+            np.testing.assert_allclose(
+                _vector(_aggregate(entry, permuted)), _vector(_aggregate(entry, matrix)),
+                rtol=1e-3, atol=1e-4 * max(1.0, np.abs(matrix).max()),
+                err_msg=f"{entry.name} on {name}")
+
+
+@_claiming("linear_under_scaling")
+def test_linear_under_scaling(entry):
+    # torchjd _asserts.assert_linear_under_scaling (its tolerance for UPGrad is 6e-2)
+    rng = np.random.default_rng(1)
+    for name, matrix in _cases(entry, matrices()):
+        c1, c2 = rng.uniform(0.5, 2.0, (2, len(matrix)))
+        alpha, beta = rng.uniform(0.5, 2.0, 2)
+        left = _vector(_aggregate(entry, (alpha * c1 + beta * c2)[:, None] * matrix))
+        right = (alpha * _vector(_aggregate(entry, c1[:, None] * matrix))
+                 + beta * _vector(_aggregate(entry, c2[:, None] * matrix)))
+        np.testing.assert_allclose(left, right, rtol=6e-2, atol=6e-2,
+                                   err_msg=f"{entry.name} on {name}")
