@@ -62,7 +62,19 @@ def weighted_sum(terms: Mapping[str, jax.Array],
     return sum(jnp.asarray(weights.get(name, 1.0)) * value for name, value in terms.items())
 
 
-def term_gradients(objective: Objective, params, batch, hparams, key, example_rows=None):
+def term_order(terms: Mapping[str, Any], order=None) -> list[str]:
+    """The order of the Jacobian's rows: ``order`` if given (it must name every term once),
+    else sorted names (the order in which JAX flattens a dict)."""
+    if order is None:
+        return sorted(terms)
+    if sorted(order) != sorted(terms):
+        raise ValueError(f"`term_order` {list(order)} must list each term once; the objective "
+                         f"returns {sorted(terms)}")
+    return list(order)
+
+
+def term_gradients(objective: Objective, params, batch, hparams, key, example_rows=None, *,
+                   order=None):
     """Per-term gradients from one forward pass: the Jacobian of the term vector.
 
     The objective is linearised once (``jax.vjp``) and the VJP is vmapped over the m basis
@@ -71,12 +83,12 @@ def term_gradients(objective: Objective, params, batch, hparams, key, example_ro
 
     Returns:
         ``(terms, jacobian, new_rows)``: ``jacobian`` has the structure of ``params`` with a
-        leading axis of size m, in sorted term-name order (the order in which JAX flattens
-        a dict, and so the order of ``terms`` as returned).
+        leading axis of size m, in ``term_order(terms, order)``: sorted term names unless
+        ``order`` is given (aggregators with roles, such as Bloop's main objective, need it).
     """
     def stacked(p):
         terms, new_rows = evaluate(objective, p, batch, hparams, key, example_rows)
-        return jnp.stack([terms[n] for n in sorted(terms)]), (terms, new_rows)
+        return jnp.stack([terms[n] for n in term_order(terms, order)]), (terms, new_rows)
 
     values, vjp_fn, (terms, new_rows) = jax.vjp(stacked, params, has_aux=True)
     basis = jnp.eye(values.shape[0], dtype=values.dtype)

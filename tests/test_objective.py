@@ -65,3 +65,13 @@ def test_bad_objective_outputs_are_named():
         objective.evaluate(lambda *a: jnp.ones(()), params, batch, hparams, None)
     with pytest.raises(TypeError, match=r"\(terms, new_rows\)"):
         objective.evaluate(lambda *a: {"v": 1.0}, params, batch, hparams, None, jnp.ones(2))
+
+
+def test_term_order_puts_the_jacobian_rows_in_the_given_order():
+    params, batch, hparams = _setup()
+    _, jac, _ = objective.term_gradients(_objective, params, batch, hparams, None,
+                                         order=("l1", "fit", "bias"))
+    expected = jax.grad(lambda p: _objective(p, batch, hparams, None)["l1"])(params)
+    np.testing.assert_allclose(jac["w"][0], expected["w"], rtol=1e-6)
+    with pytest.raises(ValueError, match="must list each term once"):
+        objective.term_gradients(_objective, params, batch, hparams, None, order=("fit",))

@@ -104,6 +104,7 @@ def grid(objective: Objective, optimizer: optax.GradientTransformation,
          mesh: jax.sharding.Mesh | None = None,
          aggregator: optax.GradientTransformation | None = None,
          representation: Callable | None = None,
+         term_order: Sequence[str] | None = None,
          on_epoch: Callable[[int, dict[str, np.ndarray]], None] | None = None,
          progress: bool = True, desc: str = "grid") -> GridResult:
     """Trains every (configuration, seed) pair as one vmapped program.
@@ -132,6 +133,7 @@ def grid(objective: Objective, optimizer: optax.GradientTransformation,
             with ``optax.inject_hyperparams``, can be swept like the optimizer's).
         representation: with ``aggregator``, aggregate on this shared representation
             (MGDA-UB), as in ``make_step``.
+        term_order: the order of the objectives given to the aggregator, as in ``make_step``.
         on_epoch: ``on_epoch(epoch, metrics)`` after each epoch, with that epoch's metrics as
             host arrays [K, S] (for logging, early inspection or timing).
         progress: show a progress bar over epochs.
@@ -149,7 +151,8 @@ def grid(objective: Objective, optimizer: optax.GradientTransformation,
                              f"({len(seeds)}, {n}) = (seeds, examples), got {value.shape}")
     values = {name: _as_array(v) for name, v in hparams.items()}
     keys = jnp.stack([jax.random.PRNGKey(s) for s in seeds])
-    step = make_step(objective, optimizer, aggregator=aggregator, representation=representation)
+    step = make_step(objective, optimizer, aggregator=aggregator, representation=representation,
+                     term_order=term_order)
 
     def init_member(hp, key, own):
         init_key, train_key = jax.random.split(key)

@@ -11,7 +11,7 @@ the weights there, and one backward pass of the weighted sum updates every param
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from itertools import combinations
 
 import jax
@@ -54,6 +54,7 @@ def make_step(objective: objective_lib.Objective, optimizer: optax.GradientTrans
               *, weights: Mapping[str, float] | None = None,
               aggregator: optax.GradientTransformation | None = None,
               representation: Callable | None = None,
+              term_order: Sequence[str] | None = None,
               ) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
     """Returns ``step(state, batch) -> (state, metrics)``, pure and jit/vmap-safe.
 
@@ -76,6 +77,9 @@ def make_step(objective: objective_lib.Objective, optimizer: optax.GradientTrans
             (MGDA-UB): the aggregator sees the terms' gradients with respect to the features
             and must log its weights (build it with ``num_objectives``); the update is the
             gradient of the weighted sum of terms.
+        term_order: the order of the objectives given to the aggregator (default: sorted
+            term names); e.g. ``("main", "aux")`` for Bloop, whose first objective is the
+            main one.
 
     Returns:
         The step. ``metrics`` holds ``"loss"`` (the sum of the weighted terms) and every
@@ -102,12 +106,13 @@ def make_step(objective: objective_lib.Objective, optimizer: optax.GradientTrans
 
     def per_term(state, batch, step_key, rows):
         terms, jacobian, new_rows = objective_lib.term_gradients(
-            objective, state.params, batch, state.hparams, step_key, rows)
+            objective, state.params, batch, state.hparams, step_key, rows, order=term_order)
         loss = objective_lib.weighted_sum(terms)
         updates, opt_state = transform.update(jacobian, state.opt_state, state.params,
                                               value=loss)
         metrics = {"loss": loss, **terms,  # opt_state = (aggregator state, optimizer state)
-                   **_gramian_metrics(sorted(terms), gramian(jacobian), opt_state[0])}
+                   **_gramian_metrics(objective_lib.term_order(terms, term_order),
+                                      gramian(jacobian), opt_state[0])}
         return updates, opt_state, metrics, new_rows
 
     def on_representation(state, batch, step_key, rows):
@@ -117,7 +122,8 @@ def make_step(objective: objective_lib.Objective, optimizer: optax.GradientTrans
             out = objective(params, batch, state.hparams, step_key,
                             *(() if rows is None else (rows,)), representation=feats)
             terms, new_rows = out if rows is not None else (out, None)
-            return jnp.stack([terms[n] for n in sorted(terms)]), (terms, new_rows)
+            names = objective_lib.term_order(terms, term_order)
+            return jnp.stack([terms[n] for n in names]), (terms, new_rows)
 
         values, heads_vjp, (terms, new_rows) = jax.vjp(stacked, state.params, features,
                                                        has_aux=True)
@@ -135,7 +141,8 @@ def make_step(objective: objective_lib.Objective, optimizer: optax.GradientTrans
         loss = jnp.sum(values)
         updates, opt_state = optimizer_only.update(grads, opt_state, state.params, value=loss)
         metrics = {"loss": loss, **terms,
-                   **_gramian_metrics(sorted(terms), gramian(feature_jacobian), agg_state)}
+                   **_gramian_metrics(objective_lib.term_order(terms, term_order),
+                                      gramian(feature_jacobian), agg_state)}
         return updates, (agg_state, opt_state), metrics, new_rows
 
     if representation is not None:
