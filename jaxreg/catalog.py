@@ -16,6 +16,7 @@ from collections.abc import Callable, Mapping
 from types import MappingProxyType
 
 from jaxreg.losses import classification, noisy_labels, self_distillation
+from jaxreg.multiobjective import bargaining, weighted
 
 # Call signatures the contract tests know how to feed (see tests/test_contract.py).
 INPUT_KINDS = {
@@ -67,6 +68,8 @@ _POLY = "PolyLoss: A Polynomial Expansion Perspective of Classification Loss Fun
 _FOCAL = "Focal Loss for Dense Object Detection (2017)"
 _APL = "Normalized Loss Functions for Deep Learning with Noisy Labels (2020)"
 _APL_CODE = "HanxunH/Active-Passive-Losses loss.py"
+_TORCHJD = "TorchJD/torchjd 0.18 aggregation"
+_NASH = "Multi-Task Learning as a Bargaining Game (2022)"
 _IMBALANCE = ("Escaping Saddle Points for Effective Generalization on Class-Imbalanced Data "
               "(2022)")
 
@@ -165,6 +168,31 @@ ENTRIES: tuple[Entry, ...] = (
           "Self-Knowledge Distillation with Progressive Refinement of Targets (2021)",
           "2006.12000", "lgcnsai/PS-KD-Pytorch loss/pskd_loss.py and main.py (targets, alpha_t)",
           inputs="logits, labels, example_state", hparams={"alpha": 0.8}),
+    # -- Multi-objective aggregation ------------------------------------------------------
+    Entry("mean", weighted.mean, "multiobjective", "(baseline) average of the gradients", "-",
+          _TORCHJD + " Mean", inputs="jacobian",
+          claims=("permutation_invariant", "linear_under_scaling")),
+    Entry("sum", weighted.sum, "multiobjective", "(baseline) gradient of the summed losses", "-",
+          _TORCHJD + " Sum", inputs="jacobian",
+          claims=("permutation_invariant", "linear_under_scaling")),
+    Entry("random_weighting", weighted.random_weighting, "multiobjective",
+          "Reasonable Effectiveness of Random Weighting: A Litmus Test for Multi-Task Learning "
+          "(2022)", "2111.10603", _TORCHJD + " Random", inputs="jacobian"),
+    Entry("imtl_g", weighted.imtl_g, "multiobjective",
+          "Towards Impartial Multi-task Learning (ICLR 2021, gradient part)", "-",
+          _TORCHJD + " IMTLG; AvivNavon/nash-mtl IMTLG", inputs="jacobian",
+          claims=("permutation_invariant",)),
+    Entry("aligned_mtl", weighted.aligned_mtl, "multiobjective",
+          "Independent Component Alignment for Multi-Task Learning (2023)", "2305.19000",
+          _TORCHJD + " AlignedMTL", inputs="jacobian", claims=("permutation_invariant",)),
+    Entry("nash_mtl", bargaining.nash_mtl, "multiobjective", _NASH, "2202.01017",
+          _TORCHJD + " NashMTL; AvivNavon/nash-mtl (fixed point; Newton solver)",
+          inputs="jacobian", hparams={"max_norm": 1.0},
+          claims=("non_conflicting", "permutation_invariant")),
+    Entry("auxinash", bargaining.auxinash, "multiobjective",
+          "Auxiliary Learning as an Asymmetric Bargaining Game (2023)", "2301.13501",
+          "AvivSham/auxinash AuxiNash (fixed preference; its hypergradient is not implemented)",
+          inputs="jacobian", hparams={"max_norm": 1.0}),
 )
 
 FAMILIES = tuple(dict.fromkeys(e.family for e in ENTRIES))

@@ -16,7 +16,7 @@ from jax.test_util import check_grads
 from jaxreg import catalog
 
 B, K, D = 6, 5, 4
-ENTRIES = catalog.entries()
+ENTRIES = tuple(e for e in catalog.entries() if e.inputs != "jacobian")  # losses
 IDS = [e.name for e in ENTRIES]
 
 

@@ -23,12 +23,16 @@ def _supports(entry, m):
     return entry.name != "bloop" or m == 2  # main + one auxiliary, as the official code
 
 
-def _aggregate(entry, matrix, **hparams):
-    jac = as_tree(matrix)
+def _aggregate_tree(entry, jac, **hparams):
+    m = jax.tree.leaves(jac)[0].shape[0]
     params = jax.tree.map(lambda x: jnp.zeros(x.shape[1:], x.dtype), jac)
-    agg = entry.fn(num_objectives=len(matrix), **hparams)
+    agg = entry.fn(num_objectives=m, **hparams)
     update, _ = agg.update(jac, agg.init(params), params)
     return update
+
+
+def _aggregate(entry, matrix, **hparams):
+    return _aggregate_tree(entry, as_tree(matrix), **hparams)
 
 
 def _vector(update):
@@ -47,7 +51,7 @@ def test_structure_finite_and_jit(entry):
         assert out.shape == (matrix.shape[1],), (entry.name, name)
         assert np.all(np.isfinite(out)), (entry.name, name, out)
     name, matrix = _cases(entry, matrices())[-1]
-    jitted = jax.jit(lambda j: _aggregate(entry, j))(jnp.asarray(matrix, jnp.float32))
+    jitted = jax.jit(lambda j: _aggregate_tree(entry, j))(as_tree(matrix))
     np.testing.assert_allclose(_vector(jitted), _vector(_aggregate(entry, matrix)), rtol=1e-4,
                                atol=1e-5)
 
