@@ -16,7 +16,7 @@ from collections.abc import Callable, Mapping
 from types import MappingProxyType
 
 from jaxreg.losses import classification, noisy_labels, self_distillation
-from jaxreg.multiobjective import bargaining, weighted
+from jaxreg.multiobjective import bargaining, vaccine, weighted
 
 # Call signatures the contract tests know how to feed (see tests/test_contract.py).
 INPUT_KINDS = {
@@ -185,6 +185,10 @@ ENTRIES: tuple[Entry, ...] = (
     Entry("aligned_mtl", weighted.aligned_mtl, "multiobjective",
           "Independent Component Alignment for Multi-Task Learning (2023)", "2305.19000",
           _TORCHJD + " AlignedMTL", inputs="jacobian", claims=("permutation_invariant",)),
+    Entry("gradvac", vaccine.gradvac, "multiobjective",
+          "Gradient Vaccine: Investigating and Improving Multi-task Optimization in Massively "
+          "Multilingual Models (2021)", "2010.05874", _TORCHJD + " GradVac (whole model)",
+          inputs="jacobian", hparams={"beta": 0.5}),
     Entry("nash_mtl", bargaining.nash_mtl, "multiobjective", _NASH, "2202.01017",
           _TORCHJD + " NashMTL; AvivNavon/nash-mtl (fixed point; Newton solver)",
           inputs="jacobian", hparams={"max_norm": 1.0},

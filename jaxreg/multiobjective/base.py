@@ -39,7 +39,7 @@ def gramian(jacobian) -> jax.Array:
     num_objectives(jacobian)
 
     def leaf_gram(x):
-        x = x.reshape(x.shape[0], -1)
+        x = jnp.asarray(x).reshape(x.shape[0], -1)
         x = x.astype(jnp.promote_types(x.dtype, jnp.float32))
         return x @ x.T
 
