@@ -16,7 +16,15 @@ from collections.abc import Callable, Mapping
 from types import MappingProxyType
 
 from jaxreg.losses import classification, noisy_labels, self_distillation
-from jaxreg.multiobjective import bargaining, vaccine, weighted
+from jaxreg.multiobjective import (
+    bargaining,
+    conflict_free,
+    dual_cone,
+    min_norm,
+    surgery,
+    vaccine,
+    weighted,
+)
 
 # Call signatures the contract tests know how to feed (see tests/test_contract.py).
 INPUT_KINDS = {
@@ -185,6 +193,38 @@ ENTRIES: tuple[Entry, ...] = (
     Entry("aligned_mtl", weighted.aligned_mtl, "multiobjective",
           "Independent Component Alignment for Multi-Task Learning (2023)", "2305.19000",
           _TORCHJD + " AlignedMTL", inputs="jacobian", claims=("permutation_invariant",)),
+    Entry("pcgrad", surgery.pcgrad, "multiobjective",
+          "Gradient Surgery for Multi-Task Learning (2020)", "2001.06782",
+          _TORCHJD + " PCGrad (Gramian form)", inputs="jacobian",
+          claims=("linear_under_scaling",)),
+    Entry("graddrop", surgery.graddrop, "multiobjective",
+          "Just Pick a Sign: Optimizing Deep Multitask Models with Gradient Sign Dropout "
+          "(2020)", "2010.06808", _TORCHJD + " GradDrop (on parameter gradients)",
+          inputs="jacobian", hparams={"leak": 0.0}),
+    Entry("mgda", min_norm.mgda, "multiobjective",
+          "Multi-Task Learning as Multi-Objective Optimization (2018); MGDA-UB via "
+          "make_step(representation=...)", "1810.04650", _TORCHJD + " MGDA (Frank-Wolfe)",
+          inputs="jacobian", claims=("non_conflicting", "permutation_invariant")),
+    Entry("cagrad", min_norm.cagrad, "multiobjective",
+          "Conflict-Averse Gradient Descent for Multi-task Learning (2021)", "2110.14048",
+          _TORCHJD + " CAGrad (rescale=0); Cranial-XIX/CAGrad rescale=1",
+          inputs="jacobian", hparams={"c": 0.5}, claims=("permutation_invariant",)),
+    Entry("upgrad", dual_cone.upgrad, "multiobjective",
+          "Jacobian Descent for Multi-Objective Optimization (2024)", "2406.16232",
+          _TORCHJD + " UPGrad", inputs="jacobian",
+          claims=("non_conflicting", "permutation_invariant", "linear_under_scaling")),
+    Entry("dualproj", dual_cone.dualproj, "multiobjective",
+          "Jacobian Descent for Multi-Objective Optimization (2024)", "2406.16232",
+          _TORCHJD + " DualProj", inputs="jacobian",
+          claims=("non_conflicting", "permutation_invariant")),
+    Entry("config", conflict_free.config, "multiobjective",
+          "ConFIG: Towards Conflict-free Training of Physics Informed Neural Networks (2024)",
+          "2408.11104", "tum-pbs/ConFIG conflictfree ConFIG_update; " + _TORCHJD + " ConFIG",
+          inputs="jacobian", claims=("permutation_invariant", "linear_under_scaling")),
+    Entry("momentum_config", conflict_free.momentum_config, "multiobjective",
+          "ConFIG: Towards Conflict-free Training of Physics Informed Neural Networks (2024)",
+          "2408.11104", "tum-pbs/ConFIG conflictfree PseudoMomentumOperator (all losses "
+          "every step)", inputs="jacobian", hparams={"beta1": 0.9, "beta2": 0.999}),
     Entry("gradvac", vaccine.gradvac, "multiobjective",
           "Gradient Vaccine: Investigating and Improving Multi-task Optimization in Massively "
           "Multilingual Models (2021)", "2010.05874", _TORCHJD + " GradVac (whole model)",
