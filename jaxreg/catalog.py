@@ -16,7 +16,9 @@ from collections.abc import Callable, Mapping
 from types import MappingProxyType
 
 from jaxreg.losses import classification, noisy_labels, self_distillation
+from jaxreg.optim import multi_adam
 from jaxreg.multiobjective import (
+    auxiliary,
     bargaining,
     conflict_free,
     dual_cone,
@@ -225,6 +227,15 @@ ENTRIES: tuple[Entry, ...] = (
           "ConFIG: Towards Conflict-free Training of Physics Informed Neural Networks (2024)",
           "2408.11104", "tum-pbs/ConFIG conflictfree PseudoMomentumOperator (all losses "
           "every step)", inputs="jacobian", hparams={"beta1": 0.9, "beta2": 0.999}),
+    Entry("bloop", auxiliary.bloop, "multiobjective",
+          "Careful with that Scalpel: Improving Gradient Surgery with an EMA (2024)",
+          "2402.02998", "apple/ml-bloop bloop_direction (EMA init zeros, rescale=False)",
+          inputs="jacobian", hparams={"lbda": 0.1, "ema": 0.1}),
+    Entry("multi_adam", multi_adam, "multiobjective",
+          "MultiAdam: Parameter-wise Scale-invariant Optimizer for Multiscale Training of "
+          "Physics-informed Neural Networks (2023)", "2306.02816",
+          "i207M/PINNacle src/optimizer/multiadam.py (betas 0.99, eps 1e-8)",
+          inputs="jacobian", hparams={"learning_rate": 1e-3, "b1": 0.99, "b2": 0.99}),
     Entry("gradvac", vaccine.gradvac, "multiobjective",
           "Gradient Vaccine: Investigating and Improving Multi-task Optimization in Massively "
           "Multilingual Models (2021)", "2010.05874", _TORCHJD + " GradVac (whole model)",

@@ -7,6 +7,9 @@ import importlib
 
 EXPERIMENTS = {
     "noisy-labels": "jaxreg.experiments.noisy_labels",
+    "multitask": "jaxreg.experiments.multitask",
+    "pinn": "jaxreg.experiments.pinn",
+    "auxiliary": "jaxreg.experiments.auxiliary",
 }
 
 

@@ -5,6 +5,7 @@ Each receives the Jacobian of m objectives as a pytree with leaves ``[m, *shape]
 optimizer, or give it to ``jaxreg.train.make_step(..., aggregator=...)``.
 """
 
+from jaxreg.multiobjective.auxiliary import bloop
 from jaxreg.multiobjective.bargaining import auxinash, nash_mtl
 from jaxreg.multiobjective.base import combine, from_weighting, gramian, num_objectives
 from jaxreg.multiobjective.conflict_free import config, momentum_config
@@ -15,7 +16,7 @@ from jaxreg.multiobjective.vaccine import gradvac
 from jaxreg.multiobjective.weighted import aligned_mtl, imtl_g, mean, random_weighting, sum
 
 __all__ = [
-    "aligned_mtl", "auxinash", "cagrad", "combine", "config", "dualproj", "from_weighting",
+    "aligned_mtl", "auxinash", "bloop", "cagrad", "combine", "config", "dualproj", "from_weighting",
     "graddrop", "gradvac", "gramian", "imtl_g", "mean", "mgda", "momentum_config", "nash_mtl",
     "num_objectives", "pcgrad", "project_to_dual_cone", "random_weighting", "sum", "upgrad",
 ]

@@ -32,9 +32,17 @@ def config_weights(gram: jax.Array, pref=None) -> jax.Array:
     norms = jnp.sqrt(jnp.maximum(jnp.diag(gram), 0.0))
     inv = jnp.where(norms > 0, 1.0 / jnp.where(norms > 0, norms, 1.0), 0.0)
     unit_gram = inv[:, None] * gram * inv[None, :]
-    c = inv * (jnp.linalg.pinv(unit_gram, hermitian=True) @ target)
+    # singular values below 1e-5 of the largest are rounding noise of a rank-deficient unit
+    # Gramian in float32 (e.g. antiparallel gradients): treat them as zero, consistently
+    c = inv * (jnp.linalg.pinv(unit_gram, rtol=1e-5, hermitian=True) @ target)
+    # U d with d = J^T c: when it reaches almost none of the target the least-squares
+    # direction is zero up to rounding (e.g. antiparallel gradients), and so is the update,
+    # as conflictfree's unit_vector of a zero vector; the length rule would otherwise
+    # rescale rounding noise to full size.
+    reached = jnp.linalg.norm(inv * (gram @ c)) > 1e-3 * jnp.linalg.norm(target)
     cgc = c @ gram @ c
-    return jnp.where(cgc > 0, jnp.sum(gram @ c) / jnp.where(cgc > 0, cgc, 1.0), 0.0) * c
+    ok = reached & (cgc > 0)
+    return jnp.where(ok, jnp.sum(gram @ c) / jnp.where(ok, cgc, 1.0), 0.0) * c
 
 
 def config(*, pref=None, num_objectives: int | None = None) -> optax.GradientTransformation:
