@@ -112,7 +112,7 @@ def main(argv=None) -> dict:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="2 seeds, 3 epochs")
     parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--epochs", type=int, default=300)
+    parser.add_argument("--epochs", type=int, default=2000)
     parser.add_argument("--collocation", type=int, default=512)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--out", default=os.path.join("runs", "pinn"))

@@ -43,6 +43,6 @@ def zero_matrices():
 
 
 def scaled_matrices(seed=0):
-    """Each zoo matrix scaled by 1e-10 .. 1e15 (finite output expected)."""
+    """Each zoo matrix scaled by 0 and 1e-15 .. 1e15 (finite output expected)."""
     return [(f"{name}x{scale:g}", matrix * scale) for name, matrix in matrices(seed)[:4]
-            for scale in (0.0, 1e-10, 1e3, 1e5, 1e10, 1e15)]
+            for scale in (0.0, 1e-15, 1e-10, 1e3, 1e5, 1e10, 1e15)]
