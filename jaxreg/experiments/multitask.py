@@ -28,7 +28,7 @@ import optax
 
 from jaxreg import data as data_lib
 from jaxreg import models, multiobjective, train
-from jaxreg.experiments.report import Claim, markdown_table, mean_std, write_json
+from jaxreg.experiments.report import Claim, markdown_table, mean_std, write_results
 
 TASKS = {"digit": 10, "parity": 1, "gt4": 1, "value": 1}
 HIGHER_IS_BETTER = {"digit": True, "parity": True, "gt4": True, "value": False}
@@ -173,11 +173,7 @@ def main(argv=None) -> dict:
         markdown_table(header, rows), "", "## The papers' claim", "",
         *[c.line() for c in verdicts],
         *(["", "(--quick run: too short to test the claim.)"] if args.quick else [])])
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "results.md"), "w") as f:
-        f.write(text + "\n")
     payload = {"seeds": seeds, "epochs": epochs, "results": results,
                "claims": [c.__dict__ for c in verdicts]}
-    write_json(payload, os.path.join(args.out, "results.json"))
-    print(text)
+    write_results(args.out, text, payload)
     return payload

@@ -40,7 +40,7 @@ import optax
 
 from jaxreg import data as data_lib
 from jaxreg import models, train
-from jaxreg.experiments.report import Claim, markdown_table, mean_std, write_json
+from jaxreg.experiments.report import Claim, markdown_table, mean_std, write_results
 from jaxreg.losses import noisy_labels as nl
 from jaxreg.losses import self_distillation as sd
 
@@ -285,14 +285,10 @@ def main(argv=None) -> dict:
         "their wrong label at the last epoch.", "", table, "", "## The papers' claims", "",
         *[c.line() for c in verdicts],
         *(["", "(--quick run: too short to test the claims.)"] if args.quick else [])])
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "results.md"), "w") as f:
-        f.write(text + "\n")
     payload = {"recipe": args.recipe, "seeds": seeds, "epochs": epochs,
                "batch_size": args.batch_size,
                "settings": results, "claims": [c.__dict__ for c in verdicts]}
-    write_json(payload, os.path.join(args.out, "results.json"))
+    write_results(args.out, text, payload)
     _plot(results, os.path.join(args.out, "test_accuracy.png"), epochs)
-    print(text)
     print(f"\nwrote {args.out}/results.md, results.json, test_accuracy.png")
     return payload

@@ -28,7 +28,7 @@ import numpy as np
 import optax
 
 from jaxreg import multiobjective, optim, train
-from jaxreg.experiments.report import Claim, markdown_table, mean_std, write_json
+from jaxreg.experiments.report import Claim, markdown_table, mean_std, write_results
 
 LR = 1e-3
 
@@ -147,14 +147,10 @@ def main(argv=None) -> dict:
         markdown_table(["method", "final rel. L2 %", "best rel. L2 %", "s"], rows), "",
         "## The paper's claim", "", *[c.line() for c in verdicts],
         *(["", "(--quick run: too short to test the claim.)"] if args.quick else [])])
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "results.md"), "w") as f:
-        f.write(text + "\n")
-    _plot(results, os.path.join(args.out, "relative_l2.png"))
     payload = {"seeds": seeds, "epochs": epochs, "results": results,
                "claims": [c.__dict__ for c in verdicts]}
-    write_json(payload, os.path.join(args.out, "results.json"))
-    print(text)
+    write_results(args.out, text, payload)
+    _plot(results, os.path.join(args.out, "relative_l2.png"))
     return payload
 
 

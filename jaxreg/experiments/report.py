@@ -53,3 +53,12 @@ def write_json(obj, path: str) -> None:
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "w") as f:
         json.dump(_finite(obj), f, indent=1)
+
+
+def write_results(out_dir: str, text: str, payload: dict) -> None:
+    """Writes ``results.md`` (the text) and ``results.json`` (the payload), prints the text."""
+    os.makedirs(out_dir, exist_ok=True)
+    with open(os.path.join(out_dir, "results.md"), "w") as f:
+        f.write(text + "\n")
+    write_json(payload, os.path.join(out_dir, "results.json"))
+    print(text)
