@@ -42,15 +42,8 @@ from __future__ import annotations
 
 import argparse
 import functools
-import importlib.util
-import json
 import os
 import statistics
-import subprocess
-import sys
-import tempfile
-import time
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import jax
@@ -62,14 +55,15 @@ from jaxreg.data import epoch_indices, load_digits
 from jaxreg.models import mlp
 from jaxreg.train import grid, init_state, make_step
 
+from _common import (Clock, compile_spans, cores, dense_layers_from_numpy,
+                     dense_layers_to_numpy, max_difference, run_torch_script, torch_python,
+                     union_seconds)
+
 SEED = 0
 BATCH_SIZE = 64
 MOMENTUM = 0.9
 MODEL = mlp((8, 8, 1), 10)
 OPTIMIZER = optax.inject_hyperparams(optax.sgd)(learning_rate=0.0, momentum=MOMENTUM)
-COMPILE_EVENTS = ("/jax/core/compile/jaxpr_trace_duration",
-                  "/jax/core/compile/jaxpr_to_mlir_module_duration",
-                  "/jax/core/compile/backend_compile_duration")
 
 TORCH_SCRIPT = r'''
 import json, sys, time
@@ -130,45 +124,6 @@ class Timing:
     epochs: list[float]
     params: dict
     compile: float | None = None
-
-
-class Clock:
-    """Wall time between ticks; the first interval starts when the clock is made."""
-
-    def __init__(self):
-        self.times: list[float] = []
-        self.last = time.perf_counter()
-
-    def tick(self):
-        now = time.perf_counter()
-        self.times.append(now - self.last)
-        self.last = now
-
-
-@contextmanager
-def compile_spans():
-    """Collects the (start, end) spans of JAX tracing, lowering and compiling."""
-    spans = []
-
-    def listen(event, start, end, **kwargs):
-        if event in COMPILE_EVENTS:
-            spans.append((start, end))
-
-    jax.monitoring.register_event_time_span_listener(listen)
-    try:
-        yield spans
-    finally:
-        jax.monitoring.unregister_event_time_span_listener(listen)
-
-
-def union_seconds(spans) -> float:
-    """Length of the union of intervals (nested traces are counted once)."""
-    total, end = 0.0, -float("inf")
-    for start, stop in sorted(spans):
-        if stop > end:
-            total += stop - max(start, end)
-            end = stop
-    return total
 
 
 def loss(params, images, labels):
@@ -266,22 +221,11 @@ def run_optax_vmap(bench: Bench) -> Timing:
 
 def run_torch(bench: Bench, python: str) -> Timing:
     """Runs ``TORCH_SCRIPT`` in ``python`` on the same data, initial weights and batches."""
-    dense = bench.init_params["params"]
-    layers = [dense[f"Dense_{i}"] for i in range(len(dense))]
-    weights = {f"w{i}": np.asarray(layer["kernel"]).T for i, layer in enumerate(layers)}
-    weights.update({f"b{i}": np.asarray(layer["bias"]) for i, layer in enumerate(layers)})
-    with tempfile.TemporaryDirectory() as tmp:
-        path = os.path.join(tmp, "bench.npz")
-        np.savez(path, x=bench.images.reshape(len(bench.images), -1), y=bench.labels,
-                 orders=np.stack(bench.orders), lrs=bench.learning_rates, **weights)
-        out = subprocess.run([python, "-c", TORCH_SCRIPT, path, str(cores()), str(MOMENTUM)],
-                             capture_output=True, text=True)
-        if out.returncode:
-            raise RuntimeError(f"the torch subprocess ({python}) failed:\n{out.stderr}")
-        final = dict(np.load(path.replace(".npz", "_final.npz")))
-    params = {"params": {f"Dense_{i}": {"kernel": final[f"w{i}"].transpose(0, 2, 1),
-                                        "bias": final[f"b{i}"]} for i in range(len(layers))}}
-    return Timing(json.loads(out.stdout.splitlines()[-1]), params)
+    arrays = dict(x=bench.images.reshape(len(bench.images), -1), y=bench.labels,
+                  orders=np.stack(bench.orders), lrs=bench.learning_rates,
+                  **dense_layers_to_numpy(bench.init_params))
+    times, final = run_torch_script(python, TORCH_SCRIPT, arrays, cores(), MOMENTUM)
+    return Timing(times, dense_layers_from_numpy(final, leading=1))
 
 
 def measure(run, bench: Bench, *args) -> Timing:
@@ -289,21 +233,6 @@ def measure(run, bench: Bench, *args) -> Timing:
         timing = run(bench, *args)
     timing.compile = union_seconds(spans) if spans else None  # None: no JAX (torch)
     return timing
-
-
-def max_difference(params, reference) -> float:
-    diffs = jax.tree.map(lambda a, b: float(np.max(np.abs(a - b))), params, reference)
-    return max(jax.tree.leaves(diffs))
-
-
-def cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-
-
-def torch_python(given: str | None) -> str | None:
-    if given is not None:
-        return given
-    return sys.executable if importlib.util.find_spec("torch") is not None else None
 
 
 def make_bench(data: dict, k: int, epochs: int) -> Bench:
@@ -345,7 +274,8 @@ def main():
     parser.add_argument("--configs", type=int, nargs="+", default=[4, 16],
                         help="numbers K of configurations to benchmark")
     parser.add_argument("--epochs", type=int, default=8, help="epochs per run (at least 2)")
-    parser.add_argument("--torch-python", help="a Python interpreter that has torch")
+    parser.add_argument("--torch-python",
+                        help="a Python interpreter that has torch (none: skip torch)")
     args = parser.parse_args()
     if args.epochs < 2:
         parser.error("--epochs must be at least 2 (the first epoch is not steady state)")

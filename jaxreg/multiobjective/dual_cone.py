@@ -12,7 +12,7 @@ regularised by ``reg_eps I``.
 
 Paper: Quinton & Rey, "Jacobian Descent for Multi-Objective Optimization" (2024),
 arXiv:2406.16232. Matches torchjd ``UPGrad`` and ``DualProj`` (whose QP is solved by
-quadprog on the CPU; here by coordinate descent and an exact active-set polish, in JAX).
+quadprog on the CPU; here by Lawson and Hanson's active-set method, in JAX).
 """
 
 from __future__ import annotations
@@ -24,48 +24,50 @@ import optax
 from jaxreg.multiobjective.base import from_weighting
 
 
-def project_to_dual_cone(gram: jax.Array, u: jax.Array, *, max_sweeps: int = 1000) -> jax.Array:
-    """``argmin_{v >= u} v^T G v`` for a positive semi-definite ``G``.
+def project_to_dual_cone(gram: jax.Array, u: jax.Array, *, max_iters: int | None = None
+                         ) -> jax.Array:
+    """``argmin_{v >= u} v^T G v`` for a positive definite ``G``.
 
-    Projected coordinate descent (``v_k <- max(u_k, v_k - (G v)_k / G_kk)``) from ``u``, until
-    a sweep moves nothing or after ``max_sweeps``, estimates the active set; a few exact solves on the estimated active set (each clipped to
-    the bounds and used to re-estimate it) then polish the solution, which is kept when it
-    satisfies the KKT conditions (otherwise the descent iterate is returned).
+    Lawson and Hanson's active-set method (the one of NNLS) on ``s = v - u >= 0``: start with
+    every bound active; free the coordinate whose bound the gradient ``G v`` pushes against
+    hardest; solve exactly on the free set, stepping back to the bounds when the solution
+    leaves them. Each iteration is one m x m solve; it ends, exactly, after a few times m
+    iterations at most (``max_iters``, default ``4 m + 20``, guards against rounding cycles).
     """
     m = gram.shape[0]
-    diag = jnp.diag(gram)
-    safe = jnp.where(diag > 0, diag, 1.0)
+    max_iters = 4 * m + 20 if max_iters is None else max_iters
+    gu = gram @ u
+    tol = 1e-6 * jnp.maximum(jnp.max(jnp.abs(jnp.diag(gram))) * jnp.max(jnp.abs(u)), 1e-30)
 
-    def coordinate(k, v):
-        moved = jnp.maximum(u[k], v[k] - (gram[k] @ v) / safe[k])
-        return v.at[k].set(jnp.where(diag[k] > 0, moved, u[k]))
-
-    scale = jnp.maximum(jnp.max(jnp.abs(u)), 1e-30)
-
-    def sweep(carry):
-        v, _, count = carry
-        new = jax.lax.fori_loop(0, m, coordinate, v)
-        return new, jnp.max(jnp.abs(new - v)), count + 1
-
-    v, _, _ = jax.lax.while_loop(  # until a sweep moves nothing (relative 1e-9)
-        lambda c: (c[2] < max_sweeps) & (c[1] > 1e-9 * scale), sweep,
-        (u, jnp.asarray(jnp.inf, u.dtype), 0))
-    tol = 1e-6 * scale * jnp.maximum(jnp.max(diag), 1e-30)
-
-    def polish(_, v):
-        # Solve exactly with the bounds that bind at v (free: above the bound, or pushed
-        # inwards by the gradient); keep the result if feasible, else its clipped version.
-        free = (v > u + 1e-6 * scale) | (gram @ v < -tol)
+    def solve_on(free):
         system = jnp.where(free[:, None] & free[None, :], gram, 0.0) + jnp.diag(
-            jnp.where(free, 0.0, 1.0))
-        rhs = jnp.where(free, -(gram @ jnp.where(free, 0.0, u)), u)
-        solved = jnp.linalg.solve(system, rhs)
-        return jnp.where(jnp.all(jnp.isfinite(solved)), jnp.maximum(solved, u), v)
+            jnp.where(free, 0.0, 1.0).astype(gram.dtype))
+        return jnp.linalg.solve(system, jnp.where(free, -gu, 0.0))
 
-    polished = jax.lax.fori_loop(0, 4, polish, v)
-    optimal = jnp.all(gram @ polished >= -tol) & (
-        jnp.abs((polished - u) @ gram @ polished) <= tol * jnp.maximum(jnp.sum(polished), 1.0))
-    return jnp.where(optimal, polished, v)
+    def step(carry):
+        s, free, _, count = carry
+        z = solve_on(free)
+        leaving = free & (z <= 0)
+        # Some free coordinate would cross its bound: move towards z until the first one
+        # reaches it, and make the coordinates at their bounds active again.
+        ratio = jnp.where(leaving, s / jnp.where(leaving, s - z, 1.0), jnp.inf)
+        alpha = jnp.minimum(jnp.min(ratio), 1.0)
+        back = s + alpha * (z - s)
+        back_free = free & (back > 0) & (jnp.arange(m) != jnp.argmin(ratio))
+        # Otherwise accept z, and free the bound the gradient pushes against hardest, if any.
+        gradient = gram @ (u + z)
+        pushed = jnp.where(free, jnp.inf, gradient)
+        optimal = jnp.min(pushed) >= -tol
+        accept_free = free | ((jnp.arange(m) == jnp.argmin(pushed)) & ~optimal)
+        stepped_back = jnp.any(leaving)
+        return (jnp.where(stepped_back, jnp.maximum(back, 0.0), z),
+                jnp.where(stepped_back, back_free, accept_free),
+                ~stepped_back & optimal, count + 1)
+
+    s, _, _, _ = jax.lax.while_loop(
+        lambda c: ~c[2] & (c[3] < max_iters), step,
+        (jnp.zeros_like(u), jnp.zeros(m, bool), jnp.asarray(False), 0))
+    return u + s
 
 
 def _regularised(gram, norm_eps, reg_eps):

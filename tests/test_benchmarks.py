@@ -1,0 +1,51 @@
+"""The benchmarks run, and the ways they time compute the same thing (their max|dp| column)."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def table_rows(output: str) -> dict[str, list[float]]:
+    """``{way: [numbers...]}`` from the printed tables: a row is a name, then numbers."""
+    rows = {}
+    for line in output.splitlines():
+        words = line.split()
+        first_number = next((i for i, w in enumerate(words) if is_number(w)), None)
+        if first_number and len(words) - first_number >= 4 and all(
+                map(is_number, words[first_number:])):
+            rows[" ".join(words[:first_number])] = [float(w) for w in words[first_number:]]
+    return rows
+
+
+def is_number(word: str) -> bool:
+    try:
+        float(word)
+    except ValueError:
+        return False
+    return True
+
+
+def run(script: str, *args: str) -> dict[str, list[float]]:
+    out = subprocess.run([sys.executable, str(BENCHMARKS / script), *args], cwd=BENCHMARKS,
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr
+    return table_rows(out.stdout)
+
+
+@pytest.mark.parametrize("script,args,ways", [
+    ("multiobjective.py", ("--objectives", "3", "--steps", "20", "--torch-python", "none"),
+     ["jaxreg sum", "jaxreg mean", "jax loop mean", "jaxreg upgrad", "jax loop upgrad"]),
+    ("grid.py", ("--configs", "2", "--epochs", "2", "--torch-python", "none"),
+     ["grid", "jaxreg steps", "optax steps", "optax vmap"]),
+])
+def test_benchmark_ways_agree(script, args, ways):
+    rows = run(script, *args)
+    assert sorted(rows) == sorted(ways)
+    for way in ways:
+        *timings, max_dp = rows[way]
+        assert all(t > 0 for t in timings), (way, timings)
+        assert max_dp < 1e-5, (way, max_dp)
