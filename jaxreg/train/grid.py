@@ -179,7 +179,12 @@ def grid(objective: Objective, optimizer: optax.GradientTransformation,
         if len(configs) % mesh.size:
             raise ValueError(f"the {len(configs)} configurations cannot be split evenly over "
                              f"the mesh's {mesh.size} devices; use a multiple of {mesh.size}")
-        members = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(mesh.axis_names))
+        # Sharded by propagation (Auto axes) even on an Explicit mesh (``jax.make_mesh``'s
+        # default): jax 0.10's sharding-in-types loses the mesh inside loops of a vmapped
+        # step (PCGrad's fori_loop, UPGrad's while_loop), and each member is one device's.
+        auto = jax.sharding.Mesh(mesh.devices, mesh.axis_names,
+                                 axis_types=(jax.sharding.AxisType.Auto,) * mesh.devices.ndim)
+        members = jax.sharding.NamedSharding(auto, jax.sharding.PartitionSpec(mesh.axis_names))
         values = jax.device_put(values, members)
     over_seeds = (0, 0, 0, None)
     init_all = jax.jit(jax.vmap(jax.vmap(init_member, (None, 0, 0)), (0, None, None)),
