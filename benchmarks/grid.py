@@ -51,13 +51,20 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from _common import (
+    Clock,
+    compile_spans,
+    cores,
+    dense_layers_from_numpy,
+    dense_layers_to_numpy,
+    max_difference,
+    run_torch_script,
+    torch_python,
+    union_seconds,
+)
 from jaxreg.data import epoch_indices, load_digits
 from jaxreg.models import mlp
 from jaxreg.train import grid, init_state, make_step
-
-from _common import (Clock, compile_spans, cores, dense_layers_from_numpy,
-                     dense_layers_to_numpy, max_difference, run_torch_script, torch_python,
-                     union_seconds)
 
 SEED = 0
 BATCH_SIZE = 64

@@ -51,12 +51,17 @@ import numpy as np
 import optax
 
 import jaxreg.multiobjective as mo
+from _common import (
+    cores,
+    dense_layers_from_numpy,
+    dense_layers_to_numpy,
+    max_difference,
+    run_torch_script,
+    torch_python,
+)
 from jaxreg.data import epoch_indices, load_digits
 from jaxreg.models import mlp
 from jaxreg.train import init_state, make_step
-
-from _common import (cores, dense_layers_from_numpy, dense_layers_to_numpy, max_difference,
-                     run_torch_script, torch_python)
 
 SEED = 0
 BATCH_SIZE = 64

@@ -26,7 +26,8 @@ def float_array(x, name: str, *, min_ndim: int = 0):
 
 
 def logits_and_labels(logits, labels, *, logits_name="logits", labels_name="labels"):
-    """Checks ``logits [..., K]`` against integer ``labels [...]``; returns them (logits float32+)."""
+    """Checks ``logits [..., K]`` against integer ``labels [...]``; returns both (logits in
+    float32 or wider)."""
     logits = float_array(logits, logits_name, min_ndim=1)
     labels = jnp.asarray(labels)
     if not jnp.issubdtype(labels.dtype, jnp.integer):
@@ -51,8 +52,9 @@ def logits_and_targets(logits, targets, *, logits_name="logits", targets_name="t
     """Checks ``logits [..., K]`` against same-shaped targets (multi-hot or probabilities)."""
     logits = float_array(logits, logits_name, min_ndim=1)
     targets = jnp.asarray(targets)
-    if not (jnp.issubdtype(targets.dtype, jnp.floating) or jnp.issubdtype(targets.dtype, jnp.integer)
-            or targets.dtype == jnp.bool_):
+    dtype = targets.dtype
+    if not (jnp.issubdtype(dtype, jnp.floating) or jnp.issubdtype(dtype, jnp.integer)
+            or dtype == jnp.bool_):
         raise TypeError(f"`{targets_name}` must be real (float, integer or boolean), got dtype "
                         f"{targets.dtype}.")
     same_shape(logits, targets, logits_name, targets_name)

@@ -16,7 +16,6 @@ from collections.abc import Callable, Mapping
 from types import MappingProxyType
 
 from jaxreg.losses import classification, noisy_labels, self_distillation
-from jaxreg.optim import multi_adam
 from jaxreg.multiobjective import (
     auxiliary,
     bargaining,
@@ -27,6 +26,7 @@ from jaxreg.multiobjective import (
     vaccine,
     weighted,
 )
+from jaxreg.optim import multi_adam
 
 # Call signatures the contract tests know how to feed (see tests/test_contract.py).
 INPUT_KINDS = {

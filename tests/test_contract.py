@@ -84,8 +84,9 @@ def test_vmap_over_each_hyperparameter(entry):
         if len(set(_sweep(default))) > 1:
             # Some hyperparameters (a stabilising eps) move the loss only slightly: any change
             # at all shows the traced value reaches the computation.
-            assert not (np.array_equal(swept[0], swept[1]) and np.array_equal(swept[0], swept[2])), (
-                f"{entry.name}: hyperparameter {name} has no effect")
+            unchanged = (np.array_equal(swept[0], swept[1])
+                         and np.array_equal(swept[0], swept[2]))
+            assert not unchanged, f"{entry.name}: hyperparameter {name} has no effect"
 
 
 @pytest.mark.parametrize("entry", ENTRIES, ids=IDS)
@@ -161,5 +162,6 @@ def test_every_public_loss_is_in_the_catalog():
     from jaxreg import losses
     helpers = {"initial_predictions", "pskd_alpha"}  # PS-KD's schedule and buffer, not losses
     registered = {e.fn for e in ENTRIES}
-    missing = [n for n in losses.__all__ if n not in helpers and getattr(losses, n) not in registered]
+    missing = [n for n in losses.__all__
+               if n not in helpers and getattr(losses, n) not in registered]
     assert not missing, f"public losses missing from the catalog: {missing}"

@@ -42,7 +42,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxreg.multiobjective.base import initial_weights, logged, tree_vdot
+from jaxreg.multiobjective.base import check_objectives, initial_weights, logged, tree_vdot
 from jaxreg.multiobjective.base import num_objectives as count_objectives
 
 INITS = ("zeros", "grad", "random")
@@ -89,9 +89,8 @@ def _check_objectives(updates, expected) -> int:
     if m < 2:
         raise ValueError(f"bloop needs a main objective and at least one auxiliary one, got {m} "
                          "objective(s)")
-    if expected is not None and m != expected:
-        raise ValueError(f"bloop was built for num_objectives={expected} but received {m} "
-                         "objectives")
+    if expected is not None:
+        check_objectives("bloop", expected, m)
     return m
 
 

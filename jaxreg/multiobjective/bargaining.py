@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxreg.multiobjective.base import combine, gramian, initial_weights, logged
+from jaxreg.multiobjective.base import check_objectives, combine, gramian, initial_weights, logged
 
 _RIDGE = 1e-6  # added to the normalised Gramian: keeps the problem bounded when G is singular
 
@@ -62,9 +62,7 @@ def _bargaining(power_fn, max_norm, iterations, num_objectives, name):
     def update(updates, state, params=None):
         del params
         gram = gramian(updates)
-        if gram.shape[0] != m:
-            raise ValueError(f"{name} was built for num_objectives={m} but received "
-                             f"{gram.shape[0]} objectives")
+        check_objectives(name, m, gram.shape[0])
         # ||G||_F computed without squaring tiny entries (float32 underflows below 1e-38)
         peak = jnp.maximum(jnp.max(jnp.abs(gram)), jnp.finfo(gram.dtype).tiny)
         scale = jnp.maximum(peak * jnp.linalg.norm(gram / peak), jnp.finfo(gram.dtype).tiny)

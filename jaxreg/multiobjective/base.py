@@ -15,7 +15,7 @@ Aggregators go first in a chain: ``optax.chain(jaxreg.multiobjective.upgrad(), o
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -63,6 +63,19 @@ class WeightingState(NamedTuple):
     weights: jax.Array
 
 
+class KeyedState(NamedTuple):
+    """State of a randomised aggregator: the last weights (for logging) and its PRNG key."""
+    weights: jax.Array
+    key: jax.Array
+
+
+def check_objectives(name: str, expected: int, received: int) -> None:
+    """Raises when an aggregator built for ``expected`` objectives receives another number."""
+    if received != expected:
+        raise ValueError(f"{name} was built for num_objectives={expected} but received "
+                         f"{received} objectives")
+
+
 def initial_weights(num_objectives: int | None) -> jax.Array:
     """NaN weights of length ``num_objectives`` (length 0 when unknown: nothing is logged).
 
@@ -76,9 +89,7 @@ def logged(weights: jax.Array, previous: jax.Array) -> jax.Array:
     """``weights`` if the state was sized for them, else the (empty) previous value."""
     if previous.shape[0] == 0:
         return previous
-    if previous.shape != weights.shape:
-        raise ValueError(f"this aggregator was built for num_objectives={previous.shape[0]} "
-                         f"but received {weights.shape[0]} objectives")
+    check_objectives("this aggregator", previous.shape[0], weights.shape[0])
     return weights.astype(previous.dtype)
 
 

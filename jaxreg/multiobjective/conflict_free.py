@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxreg.multiobjective.base import combine, from_weighting, gramian, initial_weights, logged
+from jaxreg.multiobjective.base import combine, from_weighting, gramian, initial_weights
 
 
 def config_weights(gram: jax.Array, pref=None) -> jax.Array:

@@ -2,18 +2,11 @@
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import jax
 import jax.numpy as jnp
 import optax
 
-from jaxreg.multiobjective.base import combine, gramian, initial_weights, logged
-
-
-class KeyedState(NamedTuple):
-    weights: jax.Array
-    key: jax.Array
+from jaxreg.multiobjective.base import KeyedState, combine, gramian, initial_weights, logged
 
 
 def pcgrad_weights(gram: jax.Array, orders: jax.Array) -> jax.Array:

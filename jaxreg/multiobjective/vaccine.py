@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxreg.multiobjective.base import combine, gramian, initial_weights, logged
+from jaxreg.multiobjective.base import check_objectives, combine, gramian, initial_weights, logged
 
 
 class GradVacState(NamedTuple):
@@ -86,9 +86,7 @@ def gradvac(*, beta=0.5, eps=1e-8, seed: int = 0, num_objectives: int | None = N
     def update(updates, state, params=None):
         del params
         gram = gramian(updates)
-        if gram.shape[0] != m:
-            raise ValueError(f"gradvac was built for num_objectives={m} but received "
-                             f"{gram.shape[0]} objectives")
+        check_objectives("gradvac", m, gram.shape[0])
         key, draw = jax.random.split(state.key)
         orders = jax.vmap(lambda k: jax.random.permutation(k, m))(jax.random.split(draw, m))
         weights, targets = gradvac_weights(gram, state.targets.astype(gram.dtype), orders,

@@ -5,19 +5,12 @@ Each is ``J -> J^T w`` with weights ``w`` computed from the Gramian ``G = J J^T`
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import jax
 import jax.numpy as jnp
 import optax
 
-from jaxreg.multiobjective.base import (
-    combine,
-    from_weighting,
-    gramian,
-    initial_weights,
-    logged,
-)
+from jaxreg.multiobjective.base import KeyedState, combine, from_weighting, initial_weights, logged
+from jaxreg.multiobjective.base import num_objectives as count_objectives
 
 _EPS32 = float(jnp.finfo(jnp.float32).eps)
 
@@ -34,11 +27,6 @@ def sum(*, num_objectives: int | None = None) -> optax.GradientTransformation:  
     return from_weighting(lambda g: jnp.ones(g.shape[0], g.dtype), num_objectives)
 
 
-class RandomState(NamedTuple):
-    weights: jax.Array
-    key: jax.Array
-
-
 def random_weighting(*, seed: int = 0, num_objectives: int | None = None
                      ) -> optax.GradientTransformation:
     """Random loss weighting: ``w = softmax(z)``, ``z ~ N(0, I)`` drawn anew each step.
@@ -49,14 +37,13 @@ def random_weighting(*, seed: int = 0, num_objectives: int | None = None
     """
     def init(params):
         del params
-        return RandomState(initial_weights(num_objectives), jax.random.PRNGKey(seed))
+        return KeyedState(initial_weights(num_objectives), jax.random.PRNGKey(seed))
 
     def update(updates, state, params=None):
         del params
         key, draw = jax.random.split(state.key)
-        m = gramian(updates).shape[0]
-        weights = jax.nn.softmax(jax.random.normal(draw, (m,)))
-        return combine(weights, updates), RandomState(logged(weights, state.weights), key)
+        weights = jax.nn.softmax(jax.random.normal(draw, (count_objectives(updates),)))
+        return combine(weights, updates), KeyedState(logged(weights, state.weights), key)
 
     return optax.GradientTransformation(init, update)
 

@@ -34,7 +34,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxreg.multiobjective.base import combine, initial_weights
+from jaxreg.multiobjective.base import check_objectives, combine, initial_weights
 from jaxreg.multiobjective.base import num_objectives as count_objectives
 
 
@@ -105,9 +105,7 @@ def multi_adam(learning_rate: optax.ScalarOrSchedule = 1e-3, *, b1=0.99, b2=0.99
         return MultiAdamState(initial_weights(m), adam.init(params), scale.init(params))
 
     def update(updates, state, params=None):
-        if count_objectives(updates) != m:
-            raise ValueError(f"multi_adam was built for num_objectives={m} but received "
-                             f"{count_objectives(updates)} objectives")
+        check_objectives("multi_adam", m, count_objectives(updates))
         per_group, adam_state = adam.update(updates, state.adam, params)
         step, schedule_state = scale.update(combine(weights, per_group), state.schedule, params)
         return step, MultiAdamState(state.weights, adam_state, schedule_state)

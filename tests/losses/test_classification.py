@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from numeric import central_difference
 
 from jaxreg.losses import classification as cl
 
@@ -235,21 +236,12 @@ def test_value_matches_numpy(name, fn, np_fn, kind, kwargs, seed):
                                atol=1e-6)
 
 
-def _finite_difference(f, x, h=1e-6):
-    grad = np.zeros_like(x)
-    for idx in np.ndindex(x.shape):
-        step = np.zeros_like(x)
-        step[idx] = h
-        grad[idx] = (f(x + step) - f(x - step)) / (2 * h)
-    return grad
-
-
 @pytest.mark.parametrize("name, fn, np_fn, kind, kwargs", CASES, ids=[c[0] for c in CASES])
 def test_gradient_matches_finite_differences(name, fn, np_fn, kind, kwargs):
     np_args, jax_args = _inputs(kind, seed=3)
     cotangent = _rng(4).uniform(0.5, 1.5, size=B)
     np_kwargs = _numpy_kwargs(kwargs)
-    expected = _finite_difference(
+    expected = central_difference(
         lambda x: (np_fn(x, *np_args[1:], **np_kwargs) * cotangent).sum(), np_args[0])
     got = jax.grad(lambda x: (fn(x, *jax_args[1:], **kwargs) * cotangent).sum())(jax_args[0])
     # float32 rounding is relative to the largest entry, so atol scales with it.
@@ -266,7 +258,7 @@ def test_detached_weight_gradient(fn, np_fn, kind, kwargs):
     """With the weight detached, the gradient is that of the loss with the weight frozen."""
     np_args, jax_args = _inputs(kind, seed=5)
     z0 = np_args[0]
-    expected = _finite_difference(
+    expected = central_difference(
         lambda x: np_fn(x, *np_args[1:], weight_at=z0, **kwargs).sum(), z0)
     got = jax.grad(lambda x: fn(x, *jax_args[1:], stop_gradient_weight=True, **kwargs).sum())(
         jax_args[0])

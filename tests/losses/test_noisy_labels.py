@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from numeric import central_difference
 
 from jaxreg.losses import noisy_labels as nl
 
@@ -107,16 +108,6 @@ def np_elr(z, y, targets, beta=0.7, lam=3.0, frozen_targets=None):
     return np_ce(z, y) + lam * np.log(1 - np.sum(t * p, -1))
 
 
-def numeric_grad(f, z, h=1e-6):
-    """Central differences of a scalar float64 function."""
-    g = np.zeros_like(z)
-    for i in np.ndindex(z.shape):
-        d = np.zeros_like(z)
-        d[i] = h
-        g[i] = (f(z + d) - f(z - d)) / (2 * h)
-    return g
-
-
 # (jaxreg function, NumPy reference, hyperparameters to use in place of the defaults)
 LOSSES = [
     (nl.generalized_cross_entropy, np_gce, {"q": 0.4}),
@@ -171,7 +162,7 @@ def test_active_passive_combinations_match_numpy(active, passive):
 def test_gradient_matches_finite_differences(fn, ref, hparams):
     z, y = random_batch(4, (5,), 6, scale=2.0)
     grad = jax.grad(lambda x: jnp.sum(fn(x, y, **hparams)))(z)
-    expected = numeric_grad(lambda x: np.sum(ref(x, y, **hparams)), z.astype(np.float64))
+    expected = central_difference(lambda x: np.sum(ref(x, y, **hparams)), z.astype(np.float64))
     assert_close(grad, expected)
 
 
@@ -180,10 +171,10 @@ def test_normalized_focal_gradient_detaches_every_weight(gamma):
     z, y = random_batch(5, (5,), 6, scale=2.0)
     z64 = z.astype(np.float64)
     grad = jax.grad(lambda x: jnp.sum(nl.normalized_focal(x, y, gamma=gamma)))(z)
-    detached = numeric_grad(lambda x: np.sum(np_nfl(x, y, gamma, weights_from=z64)), z64)
+    detached = central_difference(lambda x: np.sum(np_nfl(x, y, gamma, weights_from=z64)), z64)
     assert_close(grad, detached)
     # The detachment matters: the gradient through the weights is a different one.
-    full = numeric_grad(lambda x: np.sum(np_nfl(x, y, gamma)), z64)
+    full = central_difference(lambda x: np.sum(np_nfl(x, y, gamma)), z64)
     assert not np.allclose(grad, full, rtol=1e-3, atol=1e-4)
 
 
@@ -314,9 +305,9 @@ def test_elr_matches_numpy_values_and_frozen_target_gradient():
     # updated target held fixed, not that of the loss with the target a function of the logits.
     grad = jax.grad(lambda x: jnp.sum(nl.elr(x, y, targets, beta=0.9, lam=7.0)[0]))(z)
     frozen = np_elr_targets(z64, targets, 0.9)
-    expected = numeric_grad(lambda x: np.sum(np_elr(x, y, targets, 0.9, 7.0, frozen)), z64)
+    expected = central_difference(lambda x: np.sum(np_elr(x, y, targets, 0.9, 7.0, frozen)), z64)
     assert_close(grad, expected)
-    through = numeric_grad(lambda x: np.sum(np_elr(x, y, targets, 0.9, 7.0)), z64)
+    through = central_difference(lambda x: np.sum(np_elr(x, y, targets, 0.9, 7.0)), z64)
     assert not np.allclose(grad, through, rtol=1e-3, atol=1e-4)
 
 

@@ -1,5 +1,4 @@
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -18,7 +17,8 @@ def test_pure_init_and_apply(build):
     assert logits.shape == (5, 10)
     # pure: same key, same parameters; vmap over keys gives one model per key
     again = model.init(jax.random.PRNGKey(0))
-    assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(again)))
+    assert all(np.array_equal(a, b)
+               for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(again)))
     stacked = jax.vmap(model.init)(jax.random.split(jax.random.PRNGKey(2), 3))
     outs = jax.vmap(model.apply, (0, None))(stacked, x)
     assert outs.shape == (3, 5, 10) and not np.allclose(outs[0], outs[1])

@@ -6,9 +6,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from zoo import as_tree, flat, matrices, zero_matrices
 
 from jaxreg.multiobjective import auxiliary, combine
-from zoo import as_tree, flat, matrices, zero_matrices
 
 GOLDEN = json.loads((pathlib.Path(__file__).parent / "golden" / "auxiliary.json").read_text())
 

@@ -5,9 +5,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from zoo import J_BASE, as_tree, flat, matrices
 
 from jaxreg.multiobjective import bargaining
-from zoo import J_BASE, as_tree, flat, matrices
 
 GOLDEN = json.loads((pathlib.Path(__file__).parent / "golden" / "bargaining.json").read_text())
 CASES = {"j_base": J_BASE, **dict(matrices())}

@@ -3,9 +3,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from zoo import as_tree, flat, matrices
 
 from jaxreg.multiobjective import base
-from zoo import as_tree, flat, matrices
 
 
 def test_gramian_and_combine_match_the_flat_matrix():

@@ -11,9 +11,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from zoo import as_tree, flat, matrices, scaled_matrices, zero_matrices
 
 from jaxreg import catalog
-from zoo import as_tree, flat, matrices, scaled_matrices, zero_matrices
 
 ENTRIES = [e for e in catalog.ENTRIES if e.inputs == "jacobian"]
 IDS = [e.name for e in ENTRIES]

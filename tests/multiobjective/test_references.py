@@ -7,9 +7,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from zoo import J_BASE, as_tree, flat, matrices
 
 from jaxreg.multiobjective import conflict_free, dual_cone, min_norm, surgery
-from zoo import J_BASE, as_tree, flat, matrices
 
 GOLDEN = json.loads((pathlib.Path(__file__).parent / "golden" / "references.json").read_text())
 ZOO = dict(matrices())

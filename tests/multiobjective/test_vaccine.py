@@ -5,9 +5,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from zoo import as_tree, flat, matrices
 
 from jaxreg.multiobjective import vaccine
-from zoo import as_tree, flat, matrices
 
 GOLDEN = json.loads((pathlib.Path(__file__).parent / "golden" / "vaccine.json").read_text())
 

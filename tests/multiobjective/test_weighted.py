@@ -6,9 +6,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from zoo import J_BASE, as_tree, flat, matrices
 
 from jaxreg.multiobjective import weighted
-from zoo import J_BASE, as_tree, flat, matrices
 
 GOLDEN = json.loads((pathlib.Path(__file__).parent / "golden" / "weighted.json").read_text())
 

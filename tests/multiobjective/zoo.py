@@ -6,7 +6,8 @@ more than one leaf; ``flat(J)`` gives the ``[m, n]`` matrix for numpy references
 
 import numpy as np
 
-J_BASE = np.array([[-4.0, 1.0, 1.0], [6.0, 1.0, 1.0]])  # torchjd tests/unit/aggregation/test_values.py
+# torchjd tests/unit/aggregation/test_values.py
+J_BASE = np.array([[-4.0, 1.0, 1.0], [6.0, 1.0, 1.0]])
 
 
 def as_tree(matrix, split=None):
