@@ -21,6 +21,7 @@ from jaxreg.multiobjective import (
     bargaining,
     conflict_free,
     dual_cone,
+    loss_weighting,
     min_norm,
     surgery,
     vaccine,
@@ -38,6 +39,9 @@ INPUT_KINDS = {
         "logits [B, K], labels [B] int, per-example state [B, K] -> (loss [B], new state [B, K])"),
     "jacobian": ("constructor(**hparams, num_objectives=m) -> optax transformation taking the "
                  "Jacobian pytree [m, ...] -> one update"),
+    "jacobian, values": ("as jacobian, and the update also takes the objectives' values [m] as "
+                         "the extra argument `values` (make_step passes them)"),
+    "objective": "wraps an objective (params, batch, hparams, key) -> terms into another",
 }
 
 # Properties an aggregator may claim (torchjd's definitions), checked by
@@ -248,6 +252,17 @@ ENTRIES: tuple[Entry, ...] = (
           "Auxiliary Learning as an Asymmetric Bargaining Game (2023)", "2301.13501",
           "AvivSham/auxinash AuxiNash (fixed preference; its hypergradient is not implemented)",
           inputs="jacobian", hparams={"max_norm": 1.0}),
+    Entry("gradnorm", loss_weighting.gradnorm, "multiobjective",
+          "GradNorm: Gradient Normalization for Adaptive Loss Balancing in Deep Multitask "
+          "Networks (2018)", "1711.02257",
+          "the paper's Eqs. 1-3 (weights renormalised to sum m; LibMTL GradNorm uses a softmax "
+          "parameterisation instead)", inputs="jacobian, values", hparams={"alpha": 1.5},
+          stops_gradient="the target G_bar r^alpha is a constant in L_grad (Eq. 3)"),
+    Entry("uncertainty_weighting", loss_weighting.uncertainty_weighting, "multiobjective",
+          "Multi-Task Learning Using Uncertainty to Weigh Losses for Scene Geometry and "
+          "Semantics (2018)", "1705.07115",
+          "the paper's Eqs. 7 and 10 with s = log sigma^2 (LibMTL UW: Eq. 7 for every task)",
+          inputs="objective"),
 )
 
 FAMILIES = tuple(dict.fromkeys(e.family for e in ENTRIES))

@@ -38,6 +38,10 @@ def _scatter_rows(state: TrainState, batch: dict, new_rows):
                         state.example_state, new_rows)
 
 
+def _stack(terms, names):
+    return jnp.stack([terms[n] for n in names])
+
+
 def _gramian_metrics(names, gram, agg_state) -> dict:
     """Pairwise cosines of the terms' gradients, and the aggregator's weights if it logs them."""
     norms = jnp.sqrt(jnp.maximum(jnp.diag(gram), 1e-30))
@@ -72,7 +76,8 @@ def make_step(objective: objective_lib.Objective, optimizer: optax.GradientTrans
             without one counts once); traced weights belong in ``hparams``.
         aggregator: a ``jaxreg.multiobjective`` transformation: each term is differentiated
             separately and the stacked gradients (leading axis in sorted term-name order)
-            are aggregated into one update.
+            are aggregated into one update. It also receives the terms' values in the same
+            order as the extra argument ``values`` (GradNorm needs them).
         representation: ``representation(params, batch) -> features`` shared by every term
             (MGDA-UB): the aggregator sees the terms' gradients with respect to the features
             and must log its weights (build it with ``num_objectives``); the update is the
@@ -108,11 +113,11 @@ def make_step(objective: objective_lib.Objective, optimizer: optax.GradientTrans
         terms, jacobian, new_rows = objective_lib.term_gradients(
             objective, state.params, batch, state.hparams, step_key, rows, order=term_order)
         loss = objective_lib.weighted_sum(terms)
+        names = objective_lib.term_order(terms, term_order)
         updates, opt_state = transform.update(jacobian, state.opt_state, state.params,
-                                              value=loss)
+                                              value=loss, values=_stack(terms, names))
         metrics = {"loss": loss, **terms,  # opt_state = (aggregator state, optimizer state)
-                   **_gramian_metrics(objective_lib.term_order(terms, term_order),
-                                      gramian(jacobian), opt_state[0])}
+                   **_gramian_metrics(names, gramian(jacobian), opt_state[0])}
         return updates, opt_state, metrics, new_rows
 
     def on_representation(state, batch, step_key, rows):
@@ -130,7 +135,8 @@ def make_step(objective: objective_lib.Objective, optimizer: optax.GradientTrans
         basis = jnp.eye(values.shape[0], dtype=values.dtype)
         feature_jacobian = jax.vmap(lambda e: heads_vjp(e)[1])(basis)
         agg_state, opt_state = state.opt_state  # as built by full_optimizer
-        _, agg_state = aggregator.update(feature_jacobian, agg_state, state.params)
+        _, agg_state = optax.with_extra_args_support(aggregator).update(
+            feature_jacobian, agg_state, state.params, values=values)
         term_weights = agg_state.weights
         if term_weights.shape != values.shape:
             raise ValueError("with `representation`, the aggregator must log its weights: "

@@ -15,7 +15,7 @@ from zoo import as_tree, flat, matrices, scaled_matrices, zero_matrices
 
 from jaxreg import catalog
 
-ENTRIES = [e for e in catalog.ENTRIES if e.inputs == "jacobian"]
+ENTRIES = [e for e in catalog.ENTRIES if e.inputs.startswith("jacobian")]
 IDS = [e.name for e in ENTRIES]
 
 
@@ -23,11 +23,16 @@ def _supports(entry, m):
     return entry.name != "bloop" or m == 2  # main + one auxiliary, as the official code
 
 
+def _extra_args(entry, m):
+    """The objectives' values, for the aggregators that take them (as make_step passes)."""
+    return {"values": jnp.linspace(1.0, 2.0, m)} if entry.inputs == "jacobian, values" else {}
+
+
 def _update(name, jac, hparams):
     m = jax.tree.leaves(jac)[0].shape[0]
     params = jax.tree.map(lambda x: jnp.zeros(x.shape[1:], x.dtype), jac)
     agg = catalog.get(name).fn(num_objectives=m, **hparams)
-    update, _ = agg.update(jac, agg.init(params), params)
+    update, _ = agg.update(jac, agg.init(params), params, **_extra_args(catalog.get(name), m))
     return update
 
 
@@ -72,7 +77,8 @@ def test_chains_with_an_optimizer_under_jit(entry):
     chain = optax.chain(entry.fn(num_objectives=len(matrix)), optax.sgd(0.1))
     state = chain.init(params)
     for _ in range(3):  # state round-trips with a stable structure
-        update, state = jax.jit(chain.update)(jac, state, params)
+        update, state = jax.jit(chain.update)(jac, state, params,
+                                              **_extra_args(entry, len(matrix)))
     assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(update))
 
 
