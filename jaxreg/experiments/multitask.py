@@ -47,7 +47,7 @@ def aggregators() -> dict:
         "cagrad": mo.cagrad(num_objectives=M), "imtl_g": mo.imtl_g(num_objectives=M),
         "aligned_mtl": mo.aligned_mtl(num_objectives=M), "nash_mtl": mo.nash_mtl(num_objectives=M),
         "upgrad": mo.upgrad(num_objectives=M), "dualproj": mo.dualproj(num_objectives=M),
-        "config": mo.config(num_objectives=M),
+        "config": mo.config(num_objectives=M), "gradnorm": mo.gradnorm(num_objectives=M),
     }
     out = {name: (agg, adam, False) for name, agg in table.items()}
     out["mgda_ub"] = (mo.mgda(num_objectives=M), adam, True)
