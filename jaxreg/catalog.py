@@ -15,6 +15,8 @@ import dataclasses
 from collections.abc import Callable, Mapping
 from types import MappingProxyType
 
+import optax
+
 from jaxreg.losses import classification, noisy_labels, self_distillation
 from jaxreg.multiobjective import (
     auxiliary,
@@ -27,7 +29,8 @@ from jaxreg.multiobjective import (
     vaccine,
     weighted,
 )
-from jaxreg.optim import multi_adam
+from jaxreg.optim import multi_adam, scale_invariant
+from jaxreg.optim import weight_decay as weight_decay_lib
 
 # Call signatures the contract tests know how to feed (see tests/test_contract.py).
 INPUT_KINDS = {
@@ -42,6 +45,8 @@ INPUT_KINDS = {
     "jacobian, values": ("as jacobian, and the update also takes the objectives' values [m] as "
                          "the extra argument `values` (make_step passes them)"),
     "objective": "wraps an objective (params, batch, hparams, key) -> terms into another",
+    "transformation": ("constructor(**hparams) -> optax transformation over gradients that "
+                       "needs `params` in update (chain it with, or use it as, the optimizer)"),
 }
 
 # Properties an aggregator may claim (torchjd's definitions), checked by
@@ -84,6 +89,9 @@ _APL = "Normalized Loss Functions for Deep Learning with Noisy Labels (2020)"
 _APL_CODE = "HanxunH/Active-Passive-Losses loss.py"
 _TORCHJD = "TorchJD/torchjd 0.18 aggregation"
 _NASH = "Multi-Task Learning as a Bargaining Game (2022)"
+_ADAMP = ("AdamP: Slowing Down the Slowdown for Momentum Optimizers on Scale-invariant Weights "
+          "(2021)")
+_DECOUPLED = "Decoupled Weight Decay Regularization (2019)"
 _IMBALANCE = ("Escaping Saddle Points for Effective Generalization on Class-Imbalanced Data "
               "(2022)")
 
@@ -263,6 +271,28 @@ ENTRIES: tuple[Entry, ...] = (
           "Semantics (2018)", "1705.07115",
           "the paper's Eqs. 7 and 10 with s = log sigma^2 (LibMTL UW: Eq. 7 for every task)",
           inputs="objective"),
+    Entry("adamp", scale_invariant.adamp, "optim", _ADAMP, "2006.08217",
+          "clovaai/AdamP adamp 0.3.0 AdamP (channel axis last for Flax kernels)",
+          inputs="transformation",
+          hparams={"learning_rate": 1e-3, "weight_decay": 0.1, "delta": 0.1, "wd_ratio": 0.1}),
+    Entry("sgdp", scale_invariant.sgdp, "optim", _ADAMP, "2006.08217",
+          "clovaai/AdamP adamp 0.3.0 SGDP (momentum buffer keeps the projection, as there)",
+          inputs="transformation",
+          hparams={"learning_rate": 0.1, "momentum": 0.9, "weight_decay": 1e-4}),
+    Entry("adamw", optax.adamw, "optim", _DECOUPLED, "1711.05101",
+          "optax.adamw (decay scaled by the learning rate, as PyTorch)", provider="optax",
+          inputs="transformation", hparams={"learning_rate": 1e-3, "weight_decay": 1e-4}),
+    Entry("decoupled_weight_decay", weight_decay_lib.decoupled_weight_decay, "optim",
+          _DECOUPLED, "1711.05101", "the paper's Algorithm 2 line 12 (decay scaled by the "
+          "schedule multiplier only)", inputs="transformation", hparams={"weight_decay": 0.1}),
+    Entry("decay_to_anchor", weight_decay_lib.decay_to_anchor, "optim",
+          "Language Models are Super Mario: Absorbing Abilities from Homologous Models as a "
+          "Free Lunch (2024)", "2311.03099", "AdamR: decoupled decay toward the anchor weights",
+          inputs="transformation", hparams={"weight_decay": 0.1}),
+    Entry("orthogonal_gradient", weight_decay_lib.orthogonal_gradient, "optim",
+          "Grokking at the Edge of Numerical Stability (2025)", "2501.04697",
+          "LucasPrietoAl/grokking-at-the-edge-of-numerical-stability orthograd.py (per tensor, "
+          "rescaled to the gradient's norm)", inputs="transformation"),
 )
 
 FAMILIES = tuple(dict.fromkeys(e.family for e in ENTRIES))
