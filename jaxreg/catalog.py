@@ -31,6 +31,7 @@ from jaxreg.multiobjective import (
 )
 from jaxreg.optim import multi_adam, scale_invariant
 from jaxreg.optim import weight_decay as weight_decay_lib
+from jaxreg.train.fork_merge import fork_merge
 
 # Call signatures the contract tests know how to feed (see tests/test_contract.py).
 INPUT_KINDS = {
@@ -45,6 +46,7 @@ INPUT_KINDS = {
     "jacobian, values": ("as jacobian, and the update also takes the objectives' values [m] as "
                          "the extra argument `values` (make_step passes them)"),
     "objective": "wraps an objective (params, batch, hparams, key) -> terms into another",
+    "procedure": "a training procedure of jaxreg.train (objective, optimizer, data -> result)",
     "transformation": ("constructor(**hparams) -> optax transformation over gradients that "
                        "needs `params` in update (chain it with, or use it as, the optimizer)"),
 }
@@ -271,6 +273,10 @@ ENTRIES: tuple[Entry, ...] = (
           "Semantics (2018)", "1705.07115",
           "the paper's Eqs. 7 and 10 with s = log sigma^2 (LibMTL UW: Eq. 7 for every task)",
           inputs="objective"),
+    Entry("fork_merge", fork_merge, "multiobjective",
+          "ForkMerge: Mitigating Negative Transfer in Auxiliary-Task Learning (2023)",
+          "2301.12618", "thuml/ForkMerge forkmerge.py (greedy lambda search; per-round best "
+          "checkpoints)", inputs="procedure"),
     Entry("adamp", scale_invariant.adamp, "optim", _ADAMP, "2006.08217",
           "clovaai/AdamP adamp 0.3.0 AdamP (channel axis last for Flax kernels)",
           inputs="transformation",
