@@ -95,6 +95,21 @@ def dense_layers_from_numpy(arrays: dict, leading: int = 0) -> dict:
                                       "bias": arrays[f"b{i}"]} for i in range(layers)}}
 
 
+TORCH_MLP = r'''
+def build_mlp(data):
+    """The MLP saved by dense_layers_to_numpy, as torch.nn.Sequential (Linear-ReLU, Linear)."""
+    layers = len([name for name in data.files if name.startswith("w")])
+    linears = [torch.nn.Linear(data[f"w{i}"].shape[1], data[f"w{i}"].shape[0])
+               for i in range(layers)]
+    with torch.no_grad():
+        for i, linear in enumerate(linears):
+            linear.weight.copy_(torch.from_numpy(data[f"w{i}"]))
+            linear.bias.copy_(torch.from_numpy(data[f"b{i}"]))
+    blocks = [m for linear in linears[:-1] for m in (linear, torch.nn.ReLU())]
+    return torch.nn.Sequential(*blocks, linears[-1])
+'''
+
+
 def run_torch_script(python: str, script: str, arrays: dict, *args) -> tuple[list, dict]:
     """Runs ``script`` in ``python`` with ``arrays`` saved to an ``.npz`` file.
 

@@ -52,6 +52,7 @@ import numpy as np
 import optax
 
 from _common import (
+    TORCH_MLP,
     Clock,
     compile_spans,
     cores,
@@ -76,6 +77,7 @@ TORCH_SCRIPT = r'''
 import json, sys, time
 import numpy as np
 import torch
+''' + TORCH_MLP + r'''
 
 path, threads, momentum = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
 torch.set_num_threads(threads)
@@ -85,14 +87,7 @@ orders = torch.from_numpy(data["orders"]).long()
 layers = len([name for name in data.files if name.startswith("w")])
 start, times, models, optimizers = time.perf_counter(), [], [], []
 for lr in data["lrs"]:
-    linears = [torch.nn.Linear(data[f"w{i}"].shape[1], data[f"w{i}"].shape[0])
-               for i in range(layers)]
-    with torch.no_grad():
-        for i, linear in enumerate(linears):
-            linear.weight.copy_(torch.from_numpy(data[f"w{i}"]))
-            linear.bias.copy_(torch.from_numpy(data[f"b{i}"]))
-    blocks = [m for linear in linears[:-1] for m in (linear, torch.nn.ReLU())]
-    models.append(torch.nn.Sequential(*blocks, linears[-1]))
+    models.append(build_mlp(data))
     optimizers.append(torch.optim.SGD(models[-1].parameters(), lr=float(lr), momentum=momentum))
 for order in orders:
     for model, optimizer in zip(models, optimizers):

@@ -52,6 +52,7 @@ import optax
 
 import jaxreg.multiobjective as mo
 from _common import (
+    TORCH_MLP,
     cores,
     dense_layers_from_numpy,
     dense_layers_to_numpy,
@@ -76,6 +77,7 @@ import numpy as np
 import torch
 import torchjd.aggregation as aggregation
 from torchjd.autojac import backward, jac_to_grad
+''' + TORCH_MLP + r'''
 
 path, threads, lr, block, ways = (sys.argv[1], int(sys.argv[2]), float(sys.argv[3]),
                                   int(sys.argv[4]), sys.argv[5].split(","))
@@ -83,18 +85,6 @@ torch.set_num_threads(threads)
 data = np.load(path)
 x, targets = torch.from_numpy(data["x"]), torch.from_numpy(data["targets"])
 batches = torch.from_numpy(data["batches"]).long()
-layers = len([name for name in data.files if name.startswith("w")])
-
-
-def build():
-    linears = [torch.nn.Linear(data[f"w{i}"].shape[1], data[f"w{i}"].shape[0])
-               for i in range(layers)]
-    with torch.no_grad():
-        for i, linear in enumerate(linears):
-            linear.weight.copy_(torch.from_numpy(data[f"w{i}"]))
-            linear.bias.copy_(torch.from_numpy(data[f"b{i}"]))
-    blocks = [m for linear in linears[:-1] for m in (linear, torch.nn.ReLU())]
-    return torch.nn.Sequential(*blocks, linears[-1])
 
 
 def losses_of(model, index):
@@ -103,7 +93,7 @@ def losses_of(model, index):
 
 def run(way):
     kind, _, agg_name = way.partition(" ")
-    model = build()
+    model = build_mlp(data)
     params = list(model.parameters())
     optimizer = torch.optim.SGD(params, lr=lr)
     aggregator = getattr(aggregation, agg_name)() if agg_name else None

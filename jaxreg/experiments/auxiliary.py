@@ -26,8 +26,6 @@ the paired difference over seeds.
 
 from __future__ import annotations
 
-import argparse
-import os
 import time
 
 import jax.numpy as jnp
@@ -36,7 +34,14 @@ import optax
 
 from jaxreg import data as data_lib
 from jaxreg import models, multiobjective, train
-from jaxreg.experiments.report import Claim, markdown_table, mean_std, write_results
+from jaxreg.experiments.report import (
+    Claim,
+    experiment_parser,
+    markdown_table,
+    mean_std,
+    run_size,
+    write_results,
+)
 
 LABELLED = 0.1
 ORDER = ("main", "aux")  # Bloop's and AuxiNash's first objective is the main one
@@ -129,11 +134,8 @@ def run_task(aux_task, weights, seeds, epochs, batch_size, progress) -> dict:
 
 
 def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(prog="jaxreg run auxiliary", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="2 seeds, 2 epochs")
-    parser.add_argument("--seeds", type=int, default=5)
-    parser.add_argument("--epochs", type=int, default=60)
+    parser = experiment_parser("auxiliary", __doc__, seeds=5, epochs=60, batch_size=64,
+                               quick_epochs=2)
     parser.add_argument("--aux", nargs="+", choices=list(AUX_TASKS), default=list(AUX_TASKS),
                         help="auxiliary tasks, run one after the other")
     parser.add_argument("--aux-weights", type=float, nargs="+",
@@ -141,13 +143,8 @@ def main(argv=None) -> dict:
                              "largest (default: per task, "
                              + "; ".join(f"{k}: {list(v[1])}" for k, v in AUX_TASKS.items())
                              + ")")
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--out", default=os.path.join("runs", "auxiliary"))
-    parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
-    seeds, epochs = list(range(args.seeds)), args.epochs
-    if args.quick:
-        seeds, epochs = [0, 1], 2
+    seeds, epochs = run_size(args)
     start, tasks, sections, claims = time.time(), {}, [], []
     for aux_task in args.aux:
         weights = args.aux_weights or AUX_TASKS[aux_task][1]

@@ -18,8 +18,6 @@ standard error of the difference.
 
 from __future__ import annotations
 
-import argparse
-import os
 import time
 
 import jax.numpy as jnp
@@ -28,7 +26,14 @@ import optax
 
 from jaxreg import data as data_lib
 from jaxreg import models, multiobjective, train
-from jaxreg.experiments.report import Claim, markdown_table, mean_std, write_results
+from jaxreg.experiments.report import (
+    Claim,
+    experiment_parser,
+    markdown_table,
+    mean_std,
+    run_size,
+    write_results,
+)
 
 TASKS = {"digit": 10, "parity": 1, "gt4": 1, "value": 1}
 HIGHER_IS_BETTER = {"digit": True, "parity": True, "gt4": True, "value": False}
@@ -113,21 +118,13 @@ def delta_m(metrics: dict, baseline: dict) -> np.ndarray:
 
 
 def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(prog="jaxreg run multitask", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="3 aggregators, 2 seeds, 2 epochs")
-    parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--epochs", type=int, default=30)
-    parser.add_argument("--batch-size", type=int, default=64)
+    parser = experiment_parser("multitask", __doc__, seeds=3, epochs=30, batch_size=64,
+                               quick_epochs=2, quick="3 aggregators, ")
     parser.add_argument("--only", nargs="*", help="run only these aggregators")
-    parser.add_argument("--out", default=os.path.join("runs", "multitask"))
-    parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     table = aggregators()
-    names = args.only or list(table)
-    seeds, epochs = list(range(args.seeds)), args.epochs
-    if args.quick:
-        names, seeds, epochs = args.only or ["mean", "upgrad", "mgda_ub"], [0, 1], 2
+    seeds, epochs = run_size(args)
+    names = args.only or (["mean", "upgrad", "mgda_ub"] if args.quick else list(table))
     unknown = set(names) - set(table)
     if unknown:
         raise SystemExit(f"unknown aggregator(s) {sorted(unknown)}; available: {', '.join(table)}")

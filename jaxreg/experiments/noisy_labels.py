@@ -28,7 +28,6 @@ an integer hyperparameter through ``lax.switch``.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import os
 import time
@@ -40,7 +39,14 @@ import optax
 
 from jaxreg import data as data_lib
 from jaxreg import models, train
-from jaxreg.experiments.report import Claim, markdown_table, mean_std, write_results
+from jaxreg.experiments.report import (
+    Claim,
+    experiment_parser,
+    markdown_table,
+    mean_std,
+    run_size,
+    write_results,
+)
 from jaxreg.losses import noisy_labels as nl
 from jaxreg.losses import self_distillation as sd
 
@@ -240,21 +246,13 @@ def _plot(results, path, epochs):
 
 
 def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(prog="jaxreg run noisy-labels", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true",
-                        help="2 settings, 2 seeds, 3 epochs: checks the pipeline, not the claims")
-    parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--epochs", type=int, default=200)
+    parser = experiment_parser("noisy-labels", __doc__, seeds=3, epochs=200, batch_size=64,
+                               quick_epochs=3, quick="2 settings, ")
     parser.add_argument("--recipe", choices=sorted(RECIPES), default="cifar10",
                         help="training recipe and loss weights (see above)")
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--out", default=os.path.join("runs", "noisy-labels"))
-    parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
-    settings, seeds, epochs = SETTINGS, list(range(args.seeds)), args.epochs
-    if args.quick:
-        settings, seeds, epochs = QUICK_SETTINGS, [0, 1], 3
+    seeds, epochs = run_size(args)
+    settings = QUICK_SETTINGS if args.quick else SETTINGS
     train_set, test_set = data_lib.load_digits("train"), data_lib.load_digits("test")
     model = models.mlp(train_set["image"].shape[1:], NUM_CLASSES, hidden=(256, 256))
     results, start = {}, time.time()

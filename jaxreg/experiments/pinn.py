@@ -17,7 +17,6 @@ than twice the standard error of the difference over seeds.
 
 from __future__ import annotations
 
-import argparse
 import os
 import time
 
@@ -28,7 +27,14 @@ import numpy as np
 import optax
 
 from jaxreg import multiobjective, optim, train
-from jaxreg.experiments.report import Claim, markdown_table, mean_std, write_results
+from jaxreg.experiments.report import (
+    Claim,
+    experiment_parser,
+    markdown_table,
+    mean_std,
+    run_size,
+    write_results,
+)
 
 LR = 1e-3
 
@@ -108,19 +114,11 @@ def _better(errors, a, b):
 
 
 def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(prog="jaxreg run pinn", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="2 seeds, 3 epochs")
-    parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--epochs", type=int, default=2000)
+    parser = experiment_parser("pinn", __doc__, seeds=3, epochs=2000, batch_size=128,
+                               quick_epochs=3)
     parser.add_argument("--collocation", type=int, default=512)
-    parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--out", default=os.path.join("runs", "pinn"))
-    parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
-    seeds, epochs = list(range(args.seeds)), args.epochs
-    if args.quick:
-        seeds, epochs = [0, 1], 3
+    seeds, epochs = run_size(args)
     results, start = {}, time.time()
     for name, (optimizer, aggregator) in methods().items():
         t0 = time.time()
