@@ -7,6 +7,7 @@ was expected and what came. They look only at shapes and dtypes, so they cost no
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 
 
@@ -70,3 +71,38 @@ def class_vector(values, num_classes: int, name: str):
     if values.shape != (num_classes,):
         raise ValueError(f"`{name}` must have shape ({num_classes},), got {values.shape}.")
     return values
+
+
+def kernels_only(params):
+    """The default leaf mask: leaves with at least two dimensions (kernels and embeddings, not
+    biases or normalisation scales)."""
+    return jax.tree.map(lambda p: jnp.ndim(p) >= 2, params)
+
+
+def leaf_mask(mask, params, name: str = "mask"):
+    """Resolves ``mask`` (None: :func:`kernels_only`; a pytree of booleans; or a function of
+    the parameters returning one) to a pytree of Python booleans shaped like ``params``."""
+    chosen = kernels_only if mask is None else mask
+    chosen = chosen(params) if callable(chosen) else chosen
+    try:
+        return jax.tree.map(lambda _, on: bool(on), params, chosen)
+    except ValueError as error:
+        raise ValueError(f"`{name}` must have the tree structure of the parameters: "
+                         f"{error}") from None
+
+
+def tree_like(tree, params, name: str):
+    """Checks that ``tree`` (an anchor, a Fisher diagonal) matches ``params`` leaf for leaf in
+    structure and shape; returns its leaves as float32-or-wider arrays."""
+    try:
+        pairs = jax.tree.map(lambda p, t: (p, t), params, tree)
+    except ValueError as error:
+        raise ValueError(f"`{name}` must have the tree structure of the parameters: "
+                         f"{error}") from None
+
+    def check(pair):
+        p, t = pair
+        same_shape(p, t, "params", name)
+        return float_array(t, name)
+
+    return jax.tree.map(check, pairs, is_leaf=lambda x: isinstance(x, tuple))

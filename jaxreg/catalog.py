@@ -30,9 +30,20 @@ from jaxreg.multiobjective import (
     vaccine,
     weighted,
 )
-from jaxreg.optim import multi_adam, scale_invariant, sharpness
+from jaxreg.optim import multi_adam, proximal, scale_invariant, sharpness
 from jaxreg.optim import weight_decay as weight_decay_lib
 from jaxreg.optim.gravity import gravity
+from jaxreg.regularizers import (
+    domain_generalization,
+    equivariance,
+    fairness,
+    lora,
+    outputs,
+    reparameterization,
+    smoothness,
+    transport,
+    weights,
+)
 from jaxreg.train import model_editing
 from jaxreg.train.fork_merge import fork_merge
 
@@ -54,6 +65,11 @@ INPUT_KINDS = {
                        "needs `params` in update (chain it with, or use it as, the optimizer)"),
     # Regularizers return the penalty times `strength` (tests/regularizers/test_contract.py).
     "params": "parameter pytree (mask= picks leaves; kernels by default) -> scalar",
+    "params, projectors": ("params, a pytree of projectors onto equivariant kernels (None: leaf "
+                           "not penalized) -> scalar"),
+    "lora_a, lora_b, pretrained": (
+        "LoRA down-projections [N, d_in, r], up-projections [N, r, d_out], frozen kernels "
+        "[d_in, d_out] (pytrees of the same structure) -> scalar"),
     "params, anchor": "params, anchor pytree of the same structure -> scalar",
     "params, anchor, fisher": "params, anchor, diagonal Fisher pytree -> scalar",
     "logits": "logits [B, K] -> penalty [B]",
@@ -61,6 +77,7 @@ INPUT_KINDS = {
     "student, teacher": "student [B, K], teacher [B, K] (no gradient) -> penalty [B]",
     "apply_fn, params, inputs": "apply_fn(params, inputs) -> outputs; params, inputs -> scalar",
     "apply_fn, params, inputs, key": "as above, with a PRNG key -> scalar",
+    "loss_fn, params, key": "loss_fn(params) -> scalar; params, PRNG key -> scalar",
     "inputs, targets, key": "inputs [B, ...], targets [B, K], key -> (mixed inputs, targets)",
     "outputs, attributes": "outputs [B] or [B, D], protected attributes [B, A] -> scalar",
     "apply_fn, params, inputs, labels, environments": (
@@ -122,6 +139,17 @@ _ADAMP = ("AdamP: Slowing Down the Slowdown for Momentum Optimizers on Scale-inv
 _DECOUPLED = "Decoupled Weight Decay Regularization (2019)"
 _IMBALANCE = ("Escaping Saddle Points for Effective Generalization on Class-Imbalanced Data "
               "(2022)")
+
+_WEIGHTS = "regularizers/weights"
+_OUTPUTS = "regularizers/outputs"
+_DG = "regularizers/domain_generalization"
+_SMOOTH = "regularizers/smoothness"
+_FAIR = "regularizers/fairness"
+_MULTITYPE = ("Machine Learning with Multitype Protected Attributes: Intersectional Fairness "
+              "through Regularisation (2025)")
+_ORTHOGONAL_CNN = ("Existence, Stability and Scalability of Orthogonal Convolutional Neural "
+                   "Networks (2022)")
+_REHEARSAL_FREE = "A Closer Look at Rehearsal-Free Continual Learning (2023)"
 
 ENTRIES: tuple[Entry, ...] = (
     # -- Classification -------------------------------------------------------------------
@@ -337,6 +365,155 @@ ENTRIES: tuple[Entry, ...] = (
           "Grokking at the Edge of Numerical Stability (2025)", "2501.04697",
           "LucasPrietoAl/grokking-at-the-edge-of-numerical-stability orthograd.py (per tensor, "
           "rescaled to the gradient's norm)", inputs="transformation"),
+    Entry("prox_l1", proximal.prox_l1, "optim",
+          "A Fast Iterative Shrinkage-Thresholding Algorithm for Linear Inverse Problems "
+          "(2009)", "-", "ISTA's soft thresholding (Beck & Teboulle, Eq. 1.4)",
+          inputs="transformation", hparams={"strength": 0.1, "learning_rate": 0.1}),
+    Entry("prox_group_lasso", proximal.prox_group_lasso, "optim",
+          "Model selection and estimation in regression with grouped variables (2006)", "-",
+          "group soft thresholding, one group per output unit (unweighted)",
+          inputs="transformation", hparams={"strength": 0.1, "learning_rate": 0.1}),
+    # -- Regularizers: strength * penalty (tests/regularizers/test_contract.py) --------------
+    Entry("l1", weights.l1, _WEIGHTS, "(baseline) L1 penalty", "-", "strength * sum |w|",
+          inputs="params", hparams={"strength": 1.0}),
+    Entry("l2", weights.l2, _WEIGHTS, _DECOUPLED, "1711.05101",
+          "strength / 2 * sum w^2 (gradient strength * w, SGD's coupled weight decay)",
+          inputs="params", hparams={"strength": 1.0}),
+    Entry("group_lasso", weights.group_lasso, _WEIGHTS,
+          "Model selection and estimation in regression with grouped variables (2006)", "-",
+          "strength * sum_g ||w_g||, one group per output unit (as prox_group_lasso)",
+          inputs="params", hparams={"strength": 1.0}),
+    Entry("orthogonality", weights.orthogonality, _WEIGHTS, _ORTHOGONAL_CNN, "2108.05623",
+          "deel-ai/deel-lip LorthRegularizer (conv, minus max(0, M - S^2 C)) and "
+          "OrthDenseRegularizer (dense, smaller Gram)", inputs="params",
+          hparams={"strength": 1.0}),
+    Entry("spectral_norm", weights.spectral_norm, _WEIGHTS,
+          "Spectral Norm Regularization for Improving the Generalizability of Deep Learning "
+          "(2017)", "1705.10941", "paper Eq. 6 (strength / 2 * sum sigma^2; power iteration "
+          "from a fixed start, no persistent vector)", inputs="params",
+          hparams={"strength": 1.0}),
+    Entry("l2_to_anchor", weights.l2_to_anchor, _WEIGHTS, _REHEARSAL_FREE + "; L2-SP: "
+          "1802.01483", "2203.17269", "L2-SP Eq. 3, strength / 2 * ||w - w0||^2",
+          inputs="params, anchor", hparams={"strength": 1.0}),
+    Entry("ewc", weights.ewc, _WEIGHTS, _REHEARSAL_FREE + "; EWC: 1612.00796", "2203.17269",
+          "Kirkpatrick et al. Eq. 3 with the diagonal Fisher (diagonal_fisher)",
+          inputs="params, anchor, fisher", hparams={"strength": 1.0}),
+    Entry("soft_equivariance", equivariance.soft_equivariance, _WEIGHTS,
+          "Regularizing Towards Soft Equivariance Under Mixed Symmetries (2023)", "2306.00356",
+          "kim-hyunsu/PER equiv_regularizer (softemlp, mse; EMLP projectors)",
+          inputs="params, projectors", hparams={"strength": 1.0}),
+    Entry("lora_orthogonality", lora.lora_orthogonality, _WEIGHTS,
+          "Learn to Preserve and Diversify: Parameter-Efficient Group with Orthogonal "
+          "Regularization for Domain Generalization (2024)", "2407.15085",
+          "JudgingH/PEGO domainbed/algorithms/algorithms.py (PEGO.update; run.sh --ld 1e-3)",
+          inputs="lora_a, lora_b, pretrained",
+          hparams={"strength": 1e-3, "preserve": 1.0, "diversify": 1.0}),
+    Entry("weight_compander", reparameterization.weight_compander, _WEIGHTS,
+          "Weight Compander: A Simple Weight Reparameterization for Regularization (2023)",
+          "2306.16993", "the paper (IJCNN 2023 version; no official code): Eq. 1 "
+          "a*arctan(v/b) on kernels only, a=b=1 (Fig. 2); learned per-layer shapes start at "
+          "a=0.5, b=1 (init_shape_params)", inputs="reparameterization",
+          hparams={"a": 1.0, "b": 1.0}),
+    Entry("logit_z_loss", outputs.logit_z_loss, _OUTPUTS,
+          "PaLM: Scaling Language Modeling with Pathways (2022)", "2204.02311",
+          "strength * logsumexp(logits)^2 (PaLM's z-loss, 1e-4)", inputs="logits",
+          hparams={"strength": 1e-4}),
+    Entry("confidence_penalty", outputs.confidence_penalty, _OUTPUTS,
+          "Regularizing Neural Networks by Penalizing Confident Output Distributions (2017)",
+          "1701.06548", "paper Eq. 2 (-beta H(p))", inputs="logits",
+          hparams={"strength": 0.1}),
+    Entry("entropy_minimization", outputs.entropy_minimization, _OUTPUTS,
+          "Semi-supervised Learning by Entropy Minimization (2004)", "-",
+          "paper Eq. 5 (lambda H(p) on unlabelled inputs)", inputs="logits",
+          hparams={"strength": 1.0}),
+    Entry("flooding", outputs.flooding, _OUTPUTS,
+          "Do We Need Zero Training Loss After Achieving Zero Training Error? (2020)",
+          "2002.08709", "paper Eq. 2, |J - b| + b on the batch mean (no default level: the "
+          "value here is for the tests)", inputs="loss", hparams={"level": 0.5}),
+    Entry("knowledge_distillation", outputs.knowledge_distillation, _OUTPUTS,
+          "Distilling the Knowledge in a Neural Network (2015)", "1503.02531",
+          "T^2 KL(softmax(t/T) || softmax(s/T)) (teacher detached)",
+          inputs="student, teacher", hparams={"strength": 1.0, "temperature": 4.0}),
+    Entry("feature_distillation", outputs.feature_distillation, _OUTPUTS,
+          "FitNets: Hints for Thin Deep Nets (2015)", "1412.6550",
+          "hint loss Eq. 2, strength / 2 * ||f_s - f_t||^2 (teacher detached)",
+          inputs="student, teacher", hparams={"strength": 1.0}),
+    Entry("irm_penalty", domain_generalization.irm_penalty, _DG,
+          "Invariant Risk Minimization (2019)", "1907.02893",
+          "facebookresearch/InvariantRiskMinimization (unbiased=True: DomainBed IRM)",
+          inputs="apply_fn, params, inputs, labels, environments",
+          hparams={"strength": 100.0}),
+    Entry("vrex_penalty", domain_generalization.vrex_penalty, _DG,
+          "Out-of-Distribution Generalization via Risk Extrapolation (REx) (2021)",
+          "2003.00688", "facebookresearch/DomainBed VREx",
+          inputs="apply_fn, params, inputs, labels, environments", hparams={"strength": 10.0}),
+    Entry("fishr_penalty", domain_generalization.fishr_penalty, _DG,
+          "Fishr: Invariant Gradient Variances for Out-of-Distribution Generalization (2022)",
+          "2109.02934", "alexrame/fishr (first step: no EMA; coordinate_mean=True as "
+          "l2_between_dicts)", inputs="apply_fn, params, inputs, labels, environments",
+          hparams={"strength": 1000.0}),
+    Entry("hessian_alignment", domain_generalization.hessian_alignment, _DG,
+          "Understanding Hessian Alignment for Domain Generalization (2023)", "2308.11778",
+          "huawei-noah/Federated-Learning HessianAlignment HGP (estimator='hutchinson' with a "
+          "key: its Hutchinson)", inputs="apply_fn, params, inputs, labels, environments",
+          hparams={"strength": 1.0, "alpha": 1e-4, "beta": 5e-3}),
+    Entry("virtual_adversarial", smoothness.virtual_adversarial, _SMOOTH,
+          "Virtual Adversarial Training: A Regularization Method for Supervised and "
+          "Semi-Supervised Learning (2018)", "1704.03976",
+          "takerum/vat_tf vat.py (epsilon=8, xi=1e-6, one power iteration, stop-gradients)",
+          inputs="apply_fn, params, inputs, key",
+          hparams={"strength": 1.0, "epsilon": 8.0, "xi": 1e-6},
+          stops_gradient="the adversarial direction and the clean prediction (as vat_tf)"),
+    Entry("input_gradient_penalty", smoothness.input_gradient_penalty, _SMOOTH,
+          "Improving the Adversarial Robustness and Interpretability of Deep Neural Networks "
+          "by Regularizing their Input Gradients (2018)", "1711.09404",
+          "strength * mean ||grad_x s(f(x))||^2 (double backpropagation with output_fn=loss)",
+          inputs="apply_fn, params, inputs", hparams={"strength": 1.0}),
+    Entry("jacobian_penalty", smoothness.jacobian_penalty, _SMOOTH,
+          "What Regularized Auto-Encoders Learn from the Data-Generating Distribution (2014)",
+          "1211.4246", "contractive penalty mean ||J_f(x)||_F^2 by Rademacher projections "
+          "(one VJP each; exact=True: one per output)", inputs="apply_fn, params, inputs, key",
+          hparams={"strength": 1.0}),
+    Entry("r1_penalty", smoothness.r1_penalty, _SMOOTH,
+          "The GAN is dead; long live the GAN! A Modern GAN Baseline (2024)", "2501.05441",
+          "R3GAN Trainer.py ZeroCenteredGradientPenalty on real samples, gamma / 2 (R1: "
+          "1801.04406)", inputs="apply_fn, params, inputs", hparams={"strength": 1.0}),
+    Entry("r2_penalty", smoothness.r2_penalty, _SMOOTH,
+          "The GAN is dead; long live the GAN! A Modern GAN Baseline (2024)", "2501.05441",
+          "R3GAN Trainer.py ZeroCenteredGradientPenalty on generated samples, gamma / 2",
+          inputs="apply_fn, params, inputs", hparams={"strength": 1.0}),
+    Entry("hessian_trace_penalty", smoothness.hessian_trace_penalty, _SMOOTH,
+          "Regularizing Deep Neural Networks with Stochastic Estimators of Hessian Trace "
+          "(2022)", "2208.05924", "Hutchinson's tr(H) by Hessian-vector products "
+          "(jaxreg.diagnostics.hessian; no layer subsampling)", inputs="loss_fn, params, key",
+          hparams={"strength": 1.0}),
+    Entry("mixup", smoothness.mixup, _SMOOTH,
+          "mixup: Beyond Empirical Risk Minimization (2018)", "1710.09412",
+          "facebookresearch/mixup-cifar10 train.py mixup_data (one Beta(alpha, alpha) lam per "
+          "batch, alpha=1)", inputs="inputs, targets, key", hparams={"alpha": 1.0}),
+    Entry("distance_covariance", fairness.distance_covariance, _FAIR,
+          "Measuring and testing dependence by correlation of distances (2007)", "0803.4101",
+          "dcor 0.7 distance_covariance_sqr (V) / u_distance_covariance_sqr (unbiased=True)",
+          inputs="outputs, attributes", hparams={"strength": 1.0}),
+    Entry("per_attribute_distance_covariance", fairness.per_attribute_distance_covariance,
+          _FAIR, _MULTITYPE, "2509.08163", "sum of per-attribute U-statistic dCov^2 (the "
+          "paper's baseline; dcor on each pair)", inputs="outputs, attributes",
+          hparams={"strength": 1.0}),
+    Entry("joint_distance_covariance", fairness.joint_distance_covariance, _FAIR,
+          _MULTITYPE + "; JdCov: 1711.09179", "2509.08163",
+          "Chakraborty & Zhang's U-statistic JdCov (subtracting n c^m / (n - 3); the paper's "
+          "dcovs.py subtracts n / (n - 3), equal at c = 1)", inputs="outputs, attributes",
+          hparams={"strength": 1.0, "c": 1.0}),
+    Entry("concatenated_distance_covariance", fairness.concatenated_distance_covariance,
+          _FAIR, _MULTITYPE, "2509.08163", "CCdCov: U-statistic dCov^2 against the "
+          "concatenated (one-hot encoded) attributes", inputs="outputs, attributes",
+          hparams={"strength": 1.0}),
+    Entry("monge_gap", transport.monge_gap, "regularizers/transport",
+          "The Monge Gap: A Regularizer to Learn All Transport Maps (2023)", "2302.04953",
+          "ott.neural.methods.monge_gap.monge_gap_from_samples (ott-jax 0.6; optional extra "
+          "jaxreg[transport])", inputs="source, mapped", hparams={"strength": 1.0},
+          stops_gradient="the default epsilon (5% of the mean cost) is held constant, as in "
+          "ott"),
     # -- Sharpness-aware train steps ------------------------------------------------------
     Entry("sam", sharpness.sam, "sharpness",
           "Sharpness-Aware Minimization for Efficiently Improving Generalization (2021)",

@@ -11,6 +11,10 @@ EXPERIMENTS = {
     "pinn": "jaxreg.experiments.pinn",
     "auxiliary": "jaxreg.experiments.auxiliary",
     "sharpness": "jaxreg.experiments.sharpness",
+    "orthogonality": "jaxreg.experiments.orthogonality",
+    "weight-decay": "jaxreg.experiments.weight_decay",
+    "vat": "jaxreg.experiments.vat",
+    "mixup": "jaxreg.experiments.mixup",
 }
 
 

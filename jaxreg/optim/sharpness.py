@@ -77,7 +77,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from jaxreg.optim.weight_decay import _kernels_only
+from jaxreg._validate import leaf_mask
 
 _TINY = 1e-12  # added to norms in the denominators, as davda54/sam and AMP-Regularizer
 
@@ -124,15 +124,6 @@ def _scale(tree, factor):
     return jax.tree.map(lambda x: factor * x, tree)
 
 
-def _resolve_mask(mask, params):
-    chosen = mask if mask is not None else _kernels_only
-    chosen = chosen(params) if callable(chosen) else chosen
-    try:
-        return jax.tree.map(lambda _, on: bool(on), params, chosen)
-    except ValueError as error:
-        raise ValueError(f"`mask` must have the structure of the parameters: {error}") from None
-
-
 def sam(*, rho: Any = 0.05) -> Perturbation:
     """SAM's perturbation ``delta = rho g / ||g||`` (Foret et al. 2021, Eq. 2; see the module).
 
@@ -171,7 +162,7 @@ def asam(*, rho: Any = 0.5, eta: Any = 0.01, mask: Any = None) -> Perturbation:
 
     def offset(grad_fn, params, grads, *, rho, eta):
         del grad_fn
-        chosen = _resolve_mask(mask, params)
+        chosen = leaf_mask(mask, params)
         grads = _float32(grads)
         t_w = jax.tree.map(lambda w, on: jnp.abs(w.astype(jnp.float32)) + eta if on else 1.0,
                            params, chosen)

@@ -33,10 +33,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-
-def _kernels_only(params):
-    """The default mask: leaves with at least two dimensions (kernels, not biases or norms)."""
-    return jax.tree.map(lambda p: jnp.ndim(p) >= 2, params)
+from jaxreg._validate import leaf_mask
 
 
 def _decay_toward(weight_decay, schedule, mask, anchor_of) -> optax.GradientTransformation:
@@ -49,8 +46,7 @@ def _decay_toward(weight_decay, schedule, mask, anchor_of) -> optax.GradientTran
     def update(updates, state, params=None):
         if params is None:
             raise ValueError("weight decay needs `params` in update")
-        chosen = (mask if mask is not None else _kernels_only)
-        chosen = chosen(params) if callable(chosen) else chosen
+        chosen = leaf_mask(mask, params)
         factor = schedule(state.count) * weight_decay
         anchors = anchor_of(params)
 

@@ -22,7 +22,8 @@ from jaxreg.models import mlp
 ENTRIES = catalog.entries("optim")
 IDS = [e.name for e in ENTRIES]
 MODEL = mlp((6,), 3, hidden=(8,))
-STATIC = ("channel_axis", "nesterov", "mask", "schedule")
+STATIC = ("channel_axis", "axis", "nesterov", "mask", "schedule")
+PROXIMAL = ("prox_l1", "prox_group_lasso")  # applied after the gradient step, at its rate
 
 
 def _params():
@@ -65,7 +66,9 @@ def _grads(params):
 def test_jit_and_train_step(entry):
     params = _params()
     opt = _build(entry, params)
-    if "learning_rate" not in entry.hparams:  # a transformation to chain before a rate
+    if entry.name in PROXIMAL:
+        opt = optax.chain(optax.sgd(entry.hparams["learning_rate"]), opt)
+    elif "learning_rate" not in entry.hparams:  # a transformation to chain before a rate
         opt = optax.chain(opt, optax.sgd(0.1))
     step = jax.jit(train.make_step(_objective, opt))
     state = train.init_state(params, opt, key=jax.random.PRNGKey(0))

@@ -8,7 +8,7 @@ import numpy as np
 import optax
 import pytest
 
-from jaxreg.optim.weight_decay import _kernels_only
+from jaxreg._validate import kernels_only
 from jaxreg.train import model_editing as me
 from jaxreg.train.state import init_state
 from jaxreg.train.step import make_step
@@ -182,7 +182,7 @@ def test_dare_gradients():
 def test_dare_mask_kernels_only_and_head_exclusion():
     finetuned, base = _pair()
     key = jax.random.PRNGKey(11)
-    out = me.dare(key, finetuned, base, drop_rate=0.9, mask=_kernels_only)
+    out = me.dare(key, finetuned, base, drop_rate=0.9, mask=kernels_only)
     np.testing.assert_array_equal(out["dense"]["bias"], finetuned["dense"]["bias"])
     assert not np.array_equal(out["dense"]["kernel"], finetuned["dense"]["kernel"])
     no_head = {"dense": {"kernel": True, "bias": True}, "out": {"kernel": False}}

@@ -1,0 +1,101 @@
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from jaxreg.experiments import weight_decay as wd
+
+LRS = [1e-4, 1e-3, 1e-2]
+DECAYS = [1e-3, 1e-2, 1e-1]
+
+
+def _surface(best_columns, seeds=3):
+    """Errors [lr, decay, seed] with the minimum of each row at ``best_columns``."""
+    errors = np.full((len(LRS), len(DECAYS), seeds), 0.2)
+    for i, j in enumerate(best_columns):
+        errors[i, j] = 0.05 + 0.001 * np.arange(seeds)
+    return errors
+
+
+def test_coupling_slope_reads_the_best_decay_per_learning_rate():
+    assert wd.coupling_slope(_surface([1, 1, 1]), LRS, DECAYS) == pytest.approx(0.0)
+    # The best decay falls a decade per decade of learning rate: slope -1.
+    assert wd.coupling_slope(_surface([2, 1, 0]), LRS, DECAYS) == pytest.approx(-1.0)
+    assert wd.best_decays(_surface([2, 1, 0]), DECAYS) == [1e-1, 1e-2, 1e-3]
+    errors = _surface([2, 1, 0])
+    errors[1, 1] -= 0.01
+    assert wd.best_cell(errors) == (1, 1)
+
+
+def test_tolerated_decay_is_the_largest_within_the_margin():
+    errors = np.array([[0.10, 0.102, 0.104, 0.3], [0.05, 0.05, 0.2, 0.3]])[..., None]
+    assert wd.tolerated_decays(errors, [1, 2, 3, 4]) == [3, 2]
+
+
+def test_claims_follow_the_rules():
+    coupled, separable = _surface([2, 1, 0]), _surface([1, 1, 1])
+    results = {"Adam + L2": {"test_error": coupled + 0.02},
+               "AdamW (optax)": {"test_error": coupled},
+               "decoupled (jaxreg)": {"test_error": separable}}
+    for r in results.values():
+        r.update(learning_rates=LRS, decays=DECAYS)
+    assert [c.agrees for c in wd.claims(results)] == [True, True, True]
+    results["Adam + L2"]["test_error"] = separable + 0.0
+    results["decoupled (jaxreg)"]["test_error"] = coupled + 0.02
+    assert [c.agrees for c in wd.claims(results)] == [False, True, False]
+
+
+def test_decoupled_and_adamw_are_the_same_update_in_two_coordinates():
+    """With decoupled decay lambda_d = alpha * lambda_w, jaxreg's decoupled chain and
+    optax.adamw take identical steps (the reparameterization the module describes)."""
+    params = {"dense": {"kernel": jnp.ones((3, 2)), "bias": jnp.ones((2,))}}
+    grads = jax.tree.map(lambda p: 0.1 * jnp.arange(p.size, dtype=p.dtype).reshape(p.shape),
+                         params)
+    opts = wd.optimizers(total_steps=10)
+    alpha, lam = 1e-2, 0.5
+    steps = {}
+    for name, decay in (("AdamW (optax)", lam), ("decoupled (jaxreg)", alpha * lam)):
+        opt = opts[name]
+        state = opt.init(params)
+        state.hyperparams["learning_rate"] = jnp.asarray(alpha)
+        state.hyperparams["weight_decay"] = jnp.asarray(decay)
+        p = params
+        for _ in range(3):
+            updates, state = opt.update(grads, state, p)
+            p = optax.apply_updates(p, updates)
+        steps[name] = p
+    for a, b in zip(jax.tree.leaves(steps["AdamW (optax)"]),
+                    jax.tree.leaves(steps["decoupled (jaxreg)"])):
+        np.testing.assert_allclose(a, b, rtol=1e-6)
+    # Biases are not decayed: they move by the Adam step only, the same in both.
+    assert not np.allclose(steps["AdamW (optax)"]["dense"]["kernel"][0, 0],
+                           steps["AdamW (optax)"]["dense"]["bias"][0])
+
+
+def test_l2_penalty_covers_kernels_only():
+    params = {"dense": {"kernel": 2 * jnp.ones((3, 2)), "bias": jnp.ones((2,))}}
+    np.testing.assert_allclose(wd.l2_penalty(params, 0.1), 0.5 * 0.1 * 6 * 4.0, rtol=1e-6)
+
+
+def test_quick_run_reports_each_grid(tmp_path):
+    payload = wd.main(["--quick", "--out", str(tmp_path), "--no-progress"])
+    grids = {"Adam + L2": [1e-5, 1e-1], "AdamW (optax)": [1e-3, 10.0]}
+    for name, r in payload["methods"].items():
+        assert np.shape(r["test_error"]) == (2, 2, 2), name  # lr, decay, seed
+        assert np.all((np.asarray(r["test_error"]) >= 0) & (np.asarray(r["test_error"]) <= 1))
+        assert np.all(np.isfinite(r["test_loss"])), name
+        if name in grids:
+            assert r["decays"] == grids[name]
+    assert len(payload["claims"]) == 3
+    assert json.loads((tmp_path / "results.json").read_text())["epochs"] == 1
+    assert (tmp_path / "weight_decay.png").stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_full_run(tmp_path):
+    payload = wd.main(["--out", str(tmp_path), "--no-progress"])
+    errors = np.asarray(payload["methods"]["decoupled (jaxreg)"]["test_error"])
+    assert errors.mean(-1).min() < 0.1
