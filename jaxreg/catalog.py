@@ -490,7 +490,9 @@ ENTRIES: tuple[Entry, ...] = (
     Entry("mixup", smoothness.mixup, _SMOOTH,
           "mixup: Beyond Empirical Risk Minimization (2018)", "1710.09412",
           "facebookresearch/mixup-cifar10 train.py mixup_data (one Beta(alpha, alpha) lam per "
-          "batch, alpha=1)", inputs="inputs, targets, key", hparams={"alpha": 1.0}),
+          "batch, alpha=1); the MixUp that AdaMixUp (MixUp as Locally Linear Out-Of-Manifold "
+          "Regularization, 1809.02499) analyses", inputs="inputs, targets, key",
+          hparams={"alpha": 1.0}),
     Entry("distance_covariance", fairness.distance_covariance, _FAIR,
           "Measuring and testing dependence by correlation of distances (2007)", "0803.4101",
           "dcor 0.7 distance_covariance_sqr (V) / u_distance_covariance_sqr (unbiased=True)",

@@ -230,3 +230,17 @@ def test_malformed_parameter_tree_is_named(entry):
         short[position] = {"hidden": args[position]["hidden"]}
         with pytest.raises(ValueError, match=f"`{name}`"):
             entry.fn(*short, **kwargs)
+
+
+FUNCTIONAL = [e for e in ENTRIES if e.inputs.startswith(("apply_fn, params", "loss_fn, params"))]
+
+
+@pytest.mark.parametrize("entry", FUNCTIONAL, ids=[e.name for e in FUNCTIONAL])
+def test_functional_regularizer_names_a_malformed_parameter_tree(entry):
+    """A parameter tree with an integer leaf (a model's buffer or step counter passed by
+    mistake) is refused before any differentiation, naming `params`."""
+    _, args, kwargs = _inputs(entry, jax.random.PRNGKey(6))
+    params = args[1]
+    bad = {**params, "hidden": {"kernel": params["hidden"]["kernel"].astype(jnp.int32)}}
+    with pytest.raises(TypeError, match="`params`"):
+        entry.fn(args[0], bad, *args[2:], **kwargs, **_hparams(entry))
