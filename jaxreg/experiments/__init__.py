@@ -15,6 +15,8 @@ EXPERIMENTS = {
     "weight-decay": "jaxreg.experiments.weight_decay",
     "vat": "jaxreg.experiments.vat",
     "mixup": "jaxreg.experiments.mixup",
+    "grokking": "jaxreg.experiments.grokking",
+    "fairness": "jaxreg.experiments.fairness",
 }
 
 

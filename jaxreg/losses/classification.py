@@ -242,10 +242,11 @@ def stablemax_cross_entropy(logits, labels):
     arXiv:2501.04697.
 
     Matches ``stablemax_cross_entropy`` in the authors' code (LucasPrietoAl/grokking-at-the-
-    edge-of-numerical-stability ``utils.py``, as kept in the EIFY fork), which computes in
-    float32 by default (its ``1e-30`` in ``1 / (1 - x + 1e-30)`` has no effect there). Here
-    the dtype is that of the logits, float32 or wider; pass float64 logits (with x64
-    enabled) for the paper's float64 runs. ``log s(z_y)`` is ``log1p(x)`` or ``-log1p(-x)``.
+    edge-of-numerical-stability ``utils.py``), which casts the logits to float64 before the
+    loss (its ``1e-30`` in ``1 / (1 - x + 1e-30)`` matters only there). Here the dtype is that
+    of the logits, float32 or wider: for the reference's computation pass
+    ``logits.astype(jnp.float64)`` with x64 enabled (``jaxreg run grokking`` does; in float32
+    StableMax did not grok there). ``log s(z_y)`` is ``log1p(x)`` or ``-log1p(-x)``.
     """
     logits, labels = logits_and_labels(logits, labels)
     nonneg = logits >= 0
