@@ -17,11 +17,12 @@ base learning rate and ``lambda`` the decay, applied to the kernels only (never 
 
 The last two are the same family of updates in two coordinates (``lambda_decoupled = alpha *
 lambda_adamw``): AdamW (optax) is the decoupled method with the decay re-expressed per unit
-of learning rate, which is the coupling the paper removes. Each method's learning rates x
-decays (log-spaced; the decoupled decays are the AdamW decays times the middle learning rate,
-so both grids cover the same effective decays there) x seeds is ONE vmapped
-``jaxreg.train.grid`` program with the learning rate and the decay as traced
-hyperparameters; members of a seed share their initialisation and batch order.
+of learning rate, which is the coupling the paper removes. The three methods' learning rates
+x decays (log-spaced; the decoupled decays are the AdamW decays times the middle learning
+rate, so both grids cover the same effective decays there) x seeds are ONE vmapped
+``jaxreg.train.grid`` program: one optimizer with the learning rate and both decays as traced
+hyperparameters and the L2 coefficient in the loss, a method being the choice of which decay
+is nonzero; members of a seed share their initialisation and batch order.
 
 Claims checked (Loshchilov & Hutter, "Decoupled Weight Decay Regularization", ICLR 2019,
 arXiv 1711.05101, Sec. 4.2-4.3, Fig. 2): (1) with decoupled weight decay the best decay is
@@ -65,32 +66,30 @@ from jaxreg.experiments.report import (
 from jaxreg.optim.weight_decay import decoupled_weight_decay
 
 HIDDEN = (128, 128)
-METHODS = ("Adam + L2", "AdamW (optax)", "decoupled (jaxreg)")
 BOOTSTRAP = 1000
 
 
-def optimizers(total_steps: int) -> dict[str, optax.GradientTransformation]:
-    """name -> optimizer with ``learning_rate`` (and, except for Adam + L2, whose decay is in
-    the loss, ``weight_decay``) injected, so a grid can trace them; cosine schedule over
-    ``total_steps``."""
+def optimizer(total_steps: int) -> optax.GradientTransformation:
+    """Adam with both kinds of decay on the kernels, each an injected hyperparameter, cosine
+    schedule ``eta`` over ``total_steps``: the update is ``-alpha eta_t (adam + lambda_w theta)
+    - eta_t lambda_d theta``, optax.adamw's decay (``adamw_decay``) and the decoupled one
+    (``decoupled_decay``, ``jaxreg.optim.weight_decay.decoupled_weight_decay``). A method is a
+    setting of them: both 0 for Adam + L2 (whose decay is in the loss), one of them for the
+    others, so that the three methods run as one program."""
     eta = optax.cosine_decay_schedule(1.0, total_steps)
 
-    def adam_l2(learning_rate):
-        return optax.adam(lambda t: learning_rate * eta(t))
+    def build(learning_rate, adamw_decay, decoupled_decay):
+        return optax.chain(
+            optax.adamw(lambda t: learning_rate * eta(t), weight_decay=adamw_decay,
+                        mask=kernels_only),
+            decoupled_weight_decay(decoupled_decay, schedule=eta))
 
-    def adamw(learning_rate, weight_decay):
-        return optax.adamw(lambda t: learning_rate * eta(t), weight_decay=weight_decay,
-                           mask=kernels_only)
+    return optax.inject_hyperparams(build)(learning_rate=1e-3, adamw_decay=0.0,
+                                           decoupled_decay=0.0)
 
-    def decoupled(learning_rate, weight_decay):
-        return optax.chain(optax.adam(lambda t: learning_rate * eta(t)),
-                           decoupled_weight_decay(weight_decay, schedule=eta))
 
-    return {"Adam + L2": optax.inject_hyperparams(adam_l2)(learning_rate=1e-3),
-            "AdamW (optax)": optax.inject_hyperparams(adamw)(learning_rate=1e-3,
-                                                             weight_decay=1e-4),
-            "decoupled (jaxreg)": optax.inject_hyperparams(decoupled)(learning_rate=1e-3,
-                                                                      weight_decay=1e-4)}
+DECAY_NAME = {"Adam + L2": "l2", "AdamW (optax)": "adamw_decay",
+              "decoupled (jaxreg)": "decoupled_decay"}
 
 
 def l2_penalty(params, weight_decay):
@@ -110,37 +109,46 @@ def decay_grids(l2, decays, learning_rates) -> dict[str, list[float]]:
             "decoupled (jaxreg)": [d * middle for d in decays]}
 
 
-def run_method(name, optimizer, decays, learning_rates, *, model, train_set, test_set, seeds,
-               epochs, batch_size, progress) -> dict:
-    """Trains one method's learning rates x decays x seeds as one vmapped program."""
+def run_methods(grids, learning_rates, *, model, train_set, test_set, seeds, epochs,
+                batch_size, progress) -> dict:
+    """Trains every method's learning rates x decays x seeds as ONE vmapped program (the
+    method is the choice of which decay hyperparameter is nonzero)."""
     test_x, test_y = jnp.asarray(test_set["image"]), jnp.asarray(test_set["label"])
 
     def objective(params, batch, hparams, key):
         logits = model.apply(params, batch["image"])
-        terms = {"ce": optax.losses.softmax_cross_entropy_with_integer_labels(
-            logits, batch["label"]).mean()}
-        if "weight_decay" in hparams:  # Adam + L2: the optimizer does not inject it
-            terms["l2"] = l2_penalty(params, hparams["weight_decay"])
-        return terms
+        ce = optax.losses.softmax_cross_entropy_with_integer_labels(logits, batch["label"])
+        return {"ce": ce.mean(), "l2": l2_penalty(params, hparams["l2"])}
 
     def evaluate(state, member):
         logits = model.apply(state.params, test_x)
         ce = optax.losses.softmax_cross_entropy_with_integer_labels(logits, test_y).mean()
         return {"test_error": jnp.mean(jnp.argmax(logits, -1) != test_y), "test_loss": ce}
 
-    hparams = train.product(learning_rate=list(learning_rates), weight_decay=list(decays))
+    hparams = {name: [] for name in ("learning_rate", *DECAY_NAME.values())}
+    for method, decays in grids.items():
+        cells = train.product(learning_rate=list(learning_rates), decay=list(decays))
+        for name in DECAY_NAME.values():
+            hparams[name] += cells["decay"] if name == DECAY_NAME[method] else \
+                [0.0] * len(cells["decay"])
+        hparams["learning_rate"] += cells["learning_rate"]
     t0 = time.time()
-    result = train.grid(objective, optimizer, model.init,
+    total_steps = epochs * (len(train_set["label"]) // batch_size)
+    result = train.grid(objective, optimizer(total_steps), model.init,
                         {"image": train_set["image"], "label": train_set["label"]},
                         hparams=hparams, seeds=seeds, epochs=epochs, batch_size=batch_size,
-                        evaluate=evaluate, progress=progress, desc=name)
-    shape = (len(learning_rates), len(decays), len(seeds))
+                        evaluate=evaluate, progress=progress, desc="weight decay")
+    seconds = time.time() - t0
+    shape = (len(grids), len(learning_rates), -1, len(seeds))  # method, lr, decay, seed
     history = result.history
-    return {"learning_rates": list(learning_rates), "decays": list(decays),
-            "seconds": time.time() - t0,
-            "test_error": history["eval/test_error"][:, :, -1].reshape(shape).tolist(),
-            "test_loss": history["eval/test_loss"][:, :, -1].reshape(shape).tolist(),
-            "train_ce": history["train/ce"][:, :, -1].reshape(shape).tolist()}
+    last = {key: history[key][:, :, -1].reshape(shape)
+            for key in ("eval/test_error", "eval/test_loss", "train/ce")}
+    return {method: {"learning_rates": list(learning_rates), "decays": list(decays),
+                     "seconds": seconds,
+                     "test_error": last["eval/test_error"][m].tolist(),
+                     "test_loss": last["eval/test_loss"][m].tolist(),
+                     "train_ce": last["train/ce"][m].tolist()}
+            for m, (method, decays) in enumerate(grids.items())}
 
 
 def coupling_slope(errors, learning_rates, decays) -> float:
@@ -287,11 +295,9 @@ def main(argv=None) -> dict:
     model = models.mlp(train_set["image"].shape[1:], 10, hidden=HIDDEN)
     total_steps = epochs * (len(train_set["label"]) // args.batch_size)
     grids = decay_grids(l2, decays, learning_rates)
-    results = {name: run_method(name, optimizer, grids[name], learning_rates, model=model,
-                                train_set=train_set, test_set=test_set, seeds=seeds,
-                                epochs=epochs, batch_size=args.batch_size,
-                                progress=not args.no_progress)
-               for name, optimizer in optimizers(total_steps).items()}
+    results = run_methods(grids, learning_rates, model=model, train_set=train_set,
+                          test_set=test_set, seeds=seeds, epochs=epochs,
+                          batch_size=args.batch_size, progress=not args.no_progress)
     verdicts = claims(results)
     rows = []
     for name, r in results.items():
@@ -312,8 +318,9 @@ def main(argv=None) -> dict:
         "# Decoupled weight decay on digits", "",
         f"MLP 64-{'-'.join(map(str, HIDDEN))}-10, Adam (batch {args.batch_size}, cosine schedule "
         f"to 0 over {total_steps} steps), {epochs} epochs, {len(seeds)} seeds; "
-        f"{len(learning_rates)} learning rates x {len(decays)} decays per method, each method "
-        f"one vmapped program (learning rate and decay traced); {time.time() - start:.0f} s. "
+        f"{len(learning_rates)} learning rates x {len(decays)} decays per method, the three "
+        f"methods in one vmapped program (learning rate and decays traced); "
+        f"{time.time() - start:.0f} s. "
         "Last-epoch test error (360 images), mean ± std over seeds. The decoupled decays are "
         "the AdamW decays times the middle learning rate. The per-seed best column takes each "
         "seed's own best cell (an optimistic bound).", "", table, "",
