@@ -109,3 +109,11 @@ def test_full_run(tmp_path):
     payload = wd.main(["--out", str(tmp_path), "--no-progress"])
     errors = np.asarray(payload["methods"]["decoupled (jaxreg)"]["test_error"])
     assert errors.mean(-1).min() < 0.1
+
+
+def test_first_per_class_is_balanced_and_checked():
+    data = {"label": np.array([0, 1, 0, 2, 1, 0, 2, 2]), "image": np.arange(8)}
+    picked = wd.first_per_class(data, 2)
+    np.testing.assert_array_equal(picked["image"], [0, 1, 2, 3, 4, 6])
+    with pytest.raises(ValueError, match="train_per_class"):
+        wd.first_per_class(data, 3)
