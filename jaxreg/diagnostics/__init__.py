@@ -1,5 +1,6 @@
-"""Diagnostics: Hessian tools and training-dynamics metrics."""
+"""Diagnostics: Hessian tools, calibration and training-dynamics metrics."""
 
+from jaxreg.diagnostics.calibration import aurc, expected_calibration_error
 from jaxreg.diagnostics.collapse import softmax_collapse, softmax_collapse_fraction
 from jaxreg.diagnostics.hessian import (
     hessian_spectral_density,
@@ -9,5 +10,6 @@ from jaxreg.diagnostics.hessian import (
     spectral_density,
 )
 
-__all__ = ["hessian_spectral_density", "hessian_top_eigenvalue", "hessian_trace", "hvp",
-           "softmax_collapse", "softmax_collapse_fraction", "spectral_density"]
+__all__ = ["aurc", "expected_calibration_error", "hessian_spectral_density",
+           "hessian_top_eigenvalue", "hessian_trace", "hvp", "softmax_collapse",
+           "softmax_collapse_fraction", "spectral_density"]

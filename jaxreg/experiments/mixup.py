@@ -44,6 +44,7 @@ import optax
 
 from jaxreg import data as data_lib
 from jaxreg import models, train
+from jaxreg.diagnostics import expected_calibration_error
 from jaxreg.experiments.report import (
     Claim,
     experiment_parser,
@@ -61,27 +62,6 @@ NUM_BINS = 15
 NOISE_RATE = 0.4
 ALPHAS = (0.0, 0.1, 0.2, 0.4, 1.0)
 METRICS = ("test_accuracy", "test_nll", "test_ece", "test_overconfidence")
-
-
-def expected_calibration_error(logits, labels, num_bins: int = NUM_BINS) -> jax.Array:
-    """ECE (Guo, Pleiss, Sun & Weinberger 2017, Eq. 3): ``sum_m |B_m| / n |acc(B_m) -
-    conf(B_m)|`` over ``num_bins`` confidence bins ``((m - 1) / M, m / M]``, where the
-    confidence is the largest softmax probability (jittable).
-
-    Args:
-        logits: ``[n, K]``.
-        labels: integer labels ``[n]``.
-        num_bins: the number of equal-width bins M (static).
-
-    Returns:
-        The ECE, a scalar in [0, 1].
-    """
-    probs = jax.nn.softmax(jnp.asarray(logits, jnp.float32), axis=-1)
-    confidence = jnp.max(probs, axis=-1)
-    correct = (jnp.argmax(probs, axis=-1) == labels).astype(jnp.float32)
-    bins = jnp.clip(jnp.ceil(confidence * num_bins).astype(jnp.int32) - 1, 0, num_bins - 1)
-    gaps = jax.ops.segment_sum(correct - confidence, bins, num_segments=num_bins)
-    return jnp.sum(jnp.abs(gaps)) / labels.shape[0]
 
 
 def _paired(values, baseline):
@@ -135,7 +115,7 @@ def run_settings(labels: dict, *, model, train_set, test_set, alphas, seeds, epo
         nll = optax.losses.softmax_cross_entropy_with_integer_labels(logits, test_y)
         return {"test_accuracy": jnp.mean(jnp.argmax(logits, -1) == test_y),
                 "test_nll": nll.mean(),
-                "test_ece": expected_calibration_error(logits, test_y),
+                "test_ece": expected_calibration_error(logits, test_y, NUM_BINS),
                 "test_overconfidence": jnp.mean(jnp.max(jax.nn.softmax(logits), -1))
                 - jnp.mean(jnp.argmax(logits, -1) == test_y)}
 

@@ -1,50 +1,9 @@
 import json
 
-import jax
 import numpy as np
 import pytest
 
 from jaxreg.experiments import mixup
-
-
-def _ece_reference(probs, labels, num_bins):
-    """Guo et al.'s ECE written directly from its definition, in float64."""
-    confidence, prediction = probs.max(1), probs.argmax(1)
-    total = 0.0
-    for m in range(num_bins):
-        members = (confidence > m / num_bins) & (confidence <= (m + 1) / num_bins)
-        if members.any():
-            accuracy = np.mean(prediction[members] == labels[members])
-            total += members.mean() * abs(accuracy - confidence[members].mean())
-    return total
-
-
-def test_ece_of_a_hand_computed_case():
-    # confidences 0.9 (right), 0.9 (wrong), 0.5 (right) with 2 bins:
-    # bin (0.5, 1]: 2/3 * |1/2 - 0.9| ; bin (0, 0.5]: 1/3 * |1 - 0.5|
-    probs = np.array([[0.9, 0.1], [0.9, 0.1], [0.5, 0.5]])
-    logits = np.log(probs)
-    labels = np.array([0, 1, 0])
-    expected = 2 / 3 * 0.4 + 1 / 3 * 0.5
-    np.testing.assert_allclose(mixup.expected_calibration_error(logits, labels, 2), expected,
-                               rtol=1e-5)
-
-
-def test_ece_matches_the_definition_on_random_logits():
-    rng = np.random.default_rng(0)
-    logits = 3 * rng.normal(size=(500, 10))
-    labels = rng.integers(0, 10, 500)
-    probs = np.exp(logits - logits.max(1, keepdims=True))
-    probs /= probs.sum(1, keepdims=True)
-    jitted = jax.jit(mixup.expected_calibration_error, static_argnums=2)
-    np.testing.assert_allclose(jitted(logits, labels, 15), _ece_reference(probs, labels, 15),
-                               atol=1e-5)
-
-
-def test_ece_is_zero_for_perfectly_confident_correct_predictions():
-    logits = np.array([[1e4, 0.0], [0.0, 1e4]])
-    np.testing.assert_allclose(mixup.expected_calibration_error(logits, np.array([0, 1])), 0.0,
-                               atol=1e-6)
 
 
 def test_claims_follow_the_paired_rules():
