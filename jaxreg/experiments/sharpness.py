@@ -8,7 +8,9 @@ alone and inside the sharpness-aware train step (``jaxreg.optim.sharpness``): SA
 vmapped ``jaxreg.train.grid`` over its radii x the seeds; members of a seed share their
 initialisation and batch order. After the last epoch, on the full training loss (mean
 cross-entropy over the 1437 training images): the Hessian's largest eigenvalue (power
-iteration) and its trace (Hutchinson), from ``jaxreg.diagnostics.hessian``.
+iteration) and its trace (Hutchinson), from ``jaxreg.diagnostics.hessian``; for the first
+seed at each method's default radius, the eigenvalue density by stochastic Lanczos quadrature
+(Ghorbani et al. 2019; shown, not tested).
 
 Claim checked (Foret et al., "Sharpness-Aware Minimization for Efficiently Improving
 Generalization", ICLR 2021, arXiv 2010.01412, Sec. 4.2 and Fig. 3; Kwon et al., "ASAM",
@@ -74,6 +76,16 @@ def _member_metrics(params, images, labels, key, *, apply_fn, num_iterations, nu
     return jnp.stack([jnp.asarray(top), jnp.asarray(trace), loss_fn(params)])
 
 
+@functools.partial(jax.jit, static_argnames=("apply_fn", "num_iterations"))
+def _member_spectrum(params, images, labels, key, *, apply_fn, num_iterations):
+    def loss_fn(p):
+        return optax.losses.softmax_cross_entropy_with_integer_labels(
+            apply_fn(p, images), labels).mean()
+
+    return hessian.hessian_spectral_density(loss_fn, params, key,
+                                            num_iterations=num_iterations)
+
+
 def hessian_metrics(model, params, train_set, key, *, num_iterations, num_samples):
     """Top eigenvalue, trace and value of the full training loss's Hessian, per member of a
     grid's parameters (leading axes [K, S]); each an array [K, S]."""
@@ -90,7 +102,7 @@ def hessian_metrics(model, params, train_set, key, *, num_iterations, num_sample
 
 
 def run_method(name, perturbation, rhos, *, model, train_set, test_set, seeds, epochs,
-               batch_size, hessian_steps, progress) -> dict:
+               batch_size, hessian_steps, lanczos_steps, progress) -> dict:
     """Trains one method over its radii x seeds; returns its curves and end-of-run metrics."""
     test_x, test_y = jnp.asarray(test_set["image"]), jnp.asarray(test_set["label"])
     optimizer = optax.inject_hyperparams(optax.sgd)(learning_rate=LEARNING_RATE,
@@ -115,8 +127,13 @@ def run_method(name, perturbation, rhos, *, model, train_set, test_set, seeds, e
     seconds = time.time() - t0
     top, trace, loss = hessian_metrics(model, result.state.params, train_set,
                                        jax.random.PRNGKey(1234), **hessian_steps)
+    first = jax.tree.map(lambda v: v[0, 0], result.state.params)  # default radius, seed 0
+    nodes, weights = _member_spectrum(first, jnp.asarray(train_set["image"]),
+                                      jnp.asarray(train_set["label"]), jax.random.PRNGKey(99),
+                                      apply_fn=model.apply, num_iterations=lanczos_steps)
     accuracy = result.history["eval/test_accuracy"]
-    return {"rhos": rhos, "seconds": seconds, "hessian_seconds": time.time() - t0 - seconds,
+    return {"spectrum": {"nodes": nodes[0].tolist(), "weights": weights[0].tolist()},
+            "rhos": rhos, "seconds": seconds, "hessian_seconds": time.time() - t0 - seconds,
             "test_accuracy": accuracy[:, :, -1].tolist(),  # [radii, seeds]
             "curve_mean": accuracy.mean(1).tolist(),  # [radii, epochs]
             "train_loss": loss.tolist(), "top_eigenvalue": top.tolist(),
@@ -158,7 +175,7 @@ def _plot(results, path, epochs):
     import matplotlib.pyplot as plt
     import matplotlib.ticker
 
-    fig, axes = plt.subplots(1, 3, figsize=(14, 4.2))
+    fig, axes = plt.subplots(1, 4, figsize=(18.5, 4.2))
     colors = {"SGD": "tab:gray", "SAM": "tab:blue", "ASAM": "tab:orange"}
     markers = "os^Dv"
     for name, r in results.items():
@@ -182,6 +199,22 @@ def _plot(results, path, epochs):
     axes[2].grid(alpha=0.3)
     axes[2].legend(fontsize=7)
     axes[0].legend(fontsize=7)
+    nodes = np.concatenate([r["spectrum"]["nodes"] for r in results.values()])
+    pad = 0.05 * (nodes.max() - nodes.min()) + 1e-3
+    grid = np.linspace(nodes.min() - pad, nodes.max() + pad, 4000)
+    for name, r in results.items():
+        density = hessian.spectral_density(np.asarray(r["spectrum"]["nodes"], np.float32),
+                                           np.asarray(r["spectrum"]["weights"], np.float32),
+                                           grid, variance=(pad / 20) ** 2)
+        label = name if name == "SGD" else f"{name} rho={r['rhos'][0]:g}"
+        axes[3].plot(grid, np.maximum(np.asarray(density), 1e-8), color=colors[name],
+                     label=label)
+    axes[3].set_yscale("log")
+    axes[3].set_ylim(1e-6, None)
+    axes[3].set_xlabel("Hessian eigenvalue (train loss)")
+    axes[3].set_ylabel("density (stochastic Lanczos, seed 0)")
+    axes[3].grid(alpha=0.3)
+    axes[3].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -198,6 +231,8 @@ def main(argv=None) -> dict:
                         help="power iterations for the top eigenvalue (default 50)")
     parser.add_argument("--hutchinson-samples", type=int, default=100,
                         help="Rademacher probes for the trace (default 100)")
+    parser.add_argument("--lanczos-steps", type=int, default=80,
+                        help="Lanczos steps for the eigenvalue density (default 80)")
     args = parser.parse_args(argv)
     seeds, epochs = run_size(args)
     hessian_steps = ({"num_iterations": 5, "num_samples": 5} if args.quick else
@@ -210,6 +245,7 @@ def main(argv=None) -> dict:
         results[name] = run_method(name, perturbation, rhos, model=model, train_set=train_set,
                                    test_set=test_set, seeds=seeds, epochs=epochs,
                                    batch_size=args.batch_size, hessian_steps=hessian_steps,
+                                   lanczos_steps=5 if args.quick else args.lanczos_steps,
                                    progress=not args.no_progress)
     verdicts = claims(results)
     rows = []
@@ -230,7 +266,10 @@ def main(argv=None) -> dict:
         f"vmapped grid of radii x seeds per method), {time.time() - start:.0f} s. ASAM "
         f"eta = {ETA}. Last-epoch test accuracy; the Hessian of the full training loss at the "
         f"end: top eigenvalue ({hessian_steps['num_iterations']} power iterations) and trace "
-        f"(Hutchinson, {hessian_steps['num_samples']} probes); mean ± std over seeds.", "",
+        f"(Hutchinson, {hessian_steps['num_samples']} probes); mean ± std over seeds. The "
+        "plot's last panel: the eigenvalue density of seed 0 at each method's first radius "
+        f"(stochastic Lanczos quadrature, {5 if args.quick else args.lanczos_steps} steps, one "
+        "probe).", "",
         table, "", "Near zero training loss the cross-entropy Hessian shrinks with the loss "
         "(its Gauss-Newton part is weighted by p(1 - p)), so a run that fits the training set "
         "more tightly also looks flatter; the last column divides by the training loss as a "

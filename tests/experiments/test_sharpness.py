@@ -57,7 +57,12 @@ def test_quick_run_reports_every_method(tmp_path):
             assert np.all(np.isfinite(r[key])), (name, key)
         assert all(0 <= a <= 1 for row in r["test_accuracy"] for a in row)
         assert np.all(np.asarray(r["top_eigenvalue"]) > 0)
+        spectrum = r["spectrum"]
+        assert np.shape(spectrum["nodes"]) == np.shape(spectrum["weights"]) == (5,)
+        np.testing.assert_allclose(np.sum(spectrum["weights"]), 1.0, rtol=1e-4)
+        assert max(spectrum["nodes"]) > 0  # a trained network's Hessian has a positive bulk
     assert len(payload["claims"]) == 4
+    assert (tmp_path / "sharpness.png").exists()
     assert json.loads((tmp_path / "results.json").read_text())["epochs"] == 2
     assert (tmp_path / "results.md").read_text().count("| SAM |") == 2
     assert (tmp_path / "sharpness.png").stat().st_size > 0
