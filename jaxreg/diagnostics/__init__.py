@@ -9,7 +9,8 @@ from jaxreg.diagnostics.hessian import (
     hvp,
     spectral_density,
 )
+from jaxreg.diagnostics.representation import alignment, neural_collapse, uniformity
 
-__all__ = ["aurc", "expected_calibration_error", "hessian_spectral_density",
-           "hessian_top_eigenvalue", "hessian_trace", "hvp", "softmax_collapse",
-           "softmax_collapse_fraction", "spectral_density"]
+__all__ = ["alignment", "aurc", "expected_calibration_error", "hessian_spectral_density",
+           "hessian_top_eigenvalue", "hessian_trace", "hvp", "neural_collapse",
+           "softmax_collapse", "softmax_collapse_fraction", "spectral_density", "uniformity"]
