@@ -9,8 +9,15 @@ from jaxreg.diagnostics.hessian import (
     hvp,
     spectral_density,
 )
+from jaxreg.diagnostics.landscape import (
+    filter_normalized_direction,
+    linear_mode_connectivity,
+    loss_landscape,
+    plot_landscape,
+)
 from jaxreg.diagnostics.representation import alignment, neural_collapse, uniformity
 
-__all__ = ["alignment", "aurc", "expected_calibration_error", "hessian_spectral_density",
-           "hessian_top_eigenvalue", "hessian_trace", "hvp", "neural_collapse",
+__all__ = ["alignment", "aurc", "expected_calibration_error", "filter_normalized_direction",
+           "hessian_spectral_density", "hessian_top_eigenvalue", "hessian_trace", "hvp",
+           "linear_mode_connectivity", "loss_landscape", "neural_collapse", "plot_landscape",
            "softmax_collapse", "softmax_collapse_fraction", "spectral_density", "uniformity"]
