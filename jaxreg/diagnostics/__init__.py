@@ -16,8 +16,10 @@ from jaxreg.diagnostics.landscape import (
     plot_landscape,
 )
 from jaxreg.diagnostics.representation import alignment, neural_collapse, uniformity
+from jaxreg.diagnostics.sensitivity import learning_rate_sensitivity
 
 __all__ = ["alignment", "aurc", "expected_calibration_error", "filter_normalized_direction",
            "hessian_spectral_density", "hessian_top_eigenvalue", "hessian_trace", "hvp",
-           "linear_mode_connectivity", "loss_landscape", "neural_collapse", "plot_landscape",
-           "softmax_collapse", "softmax_collapse_fraction", "spectral_density", "uniformity"]
+           "learning_rate_sensitivity", "linear_mode_connectivity", "loss_landscape",
+           "neural_collapse", "plot_landscape", "softmax_collapse", "softmax_collapse_fraction",
+           "spectral_density", "uniformity"]
