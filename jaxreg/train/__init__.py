@@ -3,6 +3,7 @@
 from jaxreg.train.checkpoint import Checkpointer
 from jaxreg.train.fork_merge import ForkMergeResult, fork_merge, merge_search
 from jaxreg.train.grid import GridResult, grid, product
+from jaxreg.train.hypergradient import implicit_hypergradient, neumann_inverse_hvp
 from jaxreg.train.loop import fit, write_history
 from jaxreg.train.model_editing import (
     apply_coefficients,
@@ -17,6 +18,6 @@ from jaxreg.train.state import TrainState, init_state
 from jaxreg.train.step import make_step
 
 __all__ = ["Checkpointer", "ForkMergeResult", "GridResult", "TrainState", "apply_coefficients",
-           "dare", "darex_q_search", "fit", "fork_merge", "grid", "init_coefficients",
-           "init_state", "learn_coefficients", "make_step", "merge", "merge_search", "product",
-           "task_vector", "write_history"]
+           "dare", "darex_q_search", "fit", "fork_merge", "grid", "implicit_hypergradient",
+           "init_coefficients", "init_state", "learn_coefficients", "make_step", "merge",
+           "merge_search", "neumann_inverse_hvp", "product", "task_vector", "write_history"]
