@@ -44,7 +44,7 @@ from jaxreg.regularizers import (
     transport,
     weights,
 )
-from jaxreg.train import model_editing
+from jaxreg.train import hypergradient, model_editing
 from jaxreg.train.fork_merge import fork_merge
 
 # Call signatures the contract tests know how to feed (see tests/test_contract.py).
@@ -91,6 +91,8 @@ INPUT_KINDS = {
     "edit search": ("fn(key, apply_fn, finetuned, base, inputs, **hparams) -> (q, objective); "
                     "apply_fn(params, inputs) -> outputs"),
     "merge": "fn(base, task_vectors (T pytrees like base), coefficients) -> merged params",
+    "hypergradient": ("fn(train_loss, val_loss, params, hparams) -> dval_loss/dhparams (like "
+                      "hparams); both losses (params, hparams) -> scalar"),
     "source, mapped": "source points [N, D], their images under a map [N, D] -> scalar",
 }
 
@@ -548,6 +550,12 @@ ENTRIES: tuple[Entry, ...] = (
           "Knowledge Composition using Task Vectors with Learned Anisotropic Scaling (2024)",
           "2407.02880", "fredzzhang/atlas src/composition.py (one coefficient per task and "
           "tensor, zero init; learned with learn_coefficients)", inputs="merge"),
+    # -- Hyperparameter optimization --------------------------------------------------------
+    Entry("implicit_hypergradient", hypergradient.implicit_hypergradient, "hyperparameters",
+          "Optimizing Millions of Hyperparameters by Implicit Differentiation (2020)",
+          "1911.02590", "lorraine2/implicit-hyper-opt neumann_hyperstep_preconditioner (times "
+          "elementary_lr); the direct term added with its sign", inputs="hypergradient",
+          hparams={"learning_rate": 0.1}),
 )
 
 FAMILIES = tuple(dict.fromkeys(e.family for e in ENTRIES))

@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from jaxreg import catalog
 from jaxreg.train import hypergradient
 
 RNG = np.random.default_rng(0)
@@ -74,6 +75,17 @@ def test_descending_the_hypergradient_lowers_the_validation_loss():
         h = h - 1.0 * hypergradient.implicit_hypergradient(train_loss, val_loss, w, h,
                                                            num_terms=50, learning_rate=0.2)
     assert float(val_loss(optimum(h), h)) < float(before) - 1e-4
+
+
+def test_registered_and_vmappable_over_its_step():
+    entry = next(e for e in catalog.ENTRIES if e.name == "implicit_hypergradient")
+    assert entry.fn is hypergradient.implicit_hypergradient and entry.arxiv == "1911.02590"
+    w, alphas = optimum(LOG_DECAY), jnp.asarray([0.05, 0.2])
+    swept = jax.vmap(lambda a: entry.fn(train_loss, val_loss, w, LOG_DECAY, num_terms=3,
+                                        learning_rate=a))(alphas)
+    for row, alpha in zip(swept, alphas):
+        np.testing.assert_allclose(row, entry.fn(train_loss, val_loss, w, LOG_DECAY, num_terms=3,
+                                                 learning_rate=float(alpha)), rtol=1e-5)
 
 
 def test_num_terms_is_checked():
