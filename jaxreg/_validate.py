@@ -79,10 +79,16 @@ def kernels_only(params):
     return jax.tree.map(lambda p: jnp.ndim(p) >= 2, params)
 
 
-def leaf_mask(mask, params, name: str = "mask"):
-    """Resolves ``mask`` (None: :func:`kernels_only`; a pytree of booleans; or a function of
-    the parameters returning one) to a pytree of Python booleans shaped like ``params``."""
-    chosen = kernels_only if mask is None else mask
+def every_leaf(params):
+    """A leaf mask selecting every leaf."""
+    return jax.tree.map(lambda _: True, params)
+
+
+def leaf_mask(mask, params, name: str = "mask", *, default=kernels_only):
+    """Resolves ``mask`` (None: ``default``, :func:`kernels_only` unless given; a pytree of
+    booleans; or a function of the parameters returning one) to a pytree of Python booleans
+    shaped like ``params``."""
+    chosen = default if mask is None else mask
     chosen = chosen(params) if callable(chosen) else chosen
     try:
         return jax.tree.map(lambda _, on: bool(on), params, chosen)

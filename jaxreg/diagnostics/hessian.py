@@ -114,7 +114,8 @@ def _lanczos_quadrature(matvec, start, num_iterations: int):
     space, e.g. more steps than dimensions) the remaining basis vectors are zero: their Ritz
     values carry weight 0."""
     n = start.shape[0]
-    basis = jnp.zeros((num_iterations, n), start.dtype).at[0].set(start)
+    # One spare row for the vector after the last step (computed, never used).
+    basis = jnp.zeros((num_iterations + 1, n), start.dtype).at[0].set(start)
     # Relative breakdown threshold: beta below it means the Krylov space is invariant.
     tolerance = 10 * jnp.finfo(start.dtype).eps
 
@@ -129,8 +130,7 @@ def _lanczos_quadrature(matvec, start, num_iterations: int):
         beta = jnp.linalg.norm(w)
         alive = beta > tolerance * jnp.maximum(scale, jnp.abs(alpha))
         following = jnp.where(alive, w / jnp.where(alive, beta, 1.0), 0.0)
-        basis = jnp.where(i + 1 < num_iterations,
-                          basis.at[jnp.minimum(i + 1, num_iterations - 1)].set(following), basis)
+        basis = basis.at[i + 1].set(following)
         return basis, alphas.at[i].set(alpha), betas.at[i].set(jnp.where(alive, beta, 0.0))
 
     zeros = jnp.zeros((num_iterations,), start.dtype)

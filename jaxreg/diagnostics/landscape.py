@@ -20,7 +20,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from jaxreg._validate import leaf_mask, tree_like
+from jaxreg._validate import every_leaf, leaf_mask, tree_like
 
 LossFn = Callable[[Any], jax.Array]
 
@@ -112,8 +112,7 @@ def linear_mode_connectivity(loss_fn: LossFn, params_a, params_b, *, num_points:
     if num_points < 2:
         raise ValueError(f"`num_points` must be at least 2, got {num_points}.")
     tree_like(params_b, params_a, "params_b")
-    chosen = leaf_mask((lambda p: jax.tree.map(lambda _: True, p)) if mask is None else mask,
-                       params_a)
+    chosen = leaf_mask(mask, params_a, default=every_leaf)
     alphas = jnp.linspace(0.0, 1.0, num_points)
 
     def at(alpha):

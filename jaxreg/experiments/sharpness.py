@@ -63,12 +63,18 @@ def cross_entropy(model, params, images, labels):
     return optax.losses.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
 
 
-@functools.partial(jax.jit, static_argnames=("apply_fn", "num_iterations", "num_samples"))
-def _member_metrics(params, images, labels, key, *, apply_fn, num_iterations, num_samples):
+def _full_loss(apply_fn, images, labels):
+    """The mean training cross-entropy as a function of the parameters alone."""
     def loss_fn(p):
         logits = apply_fn(p, images)
         return optax.losses.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
 
+    return loss_fn
+
+
+@functools.partial(jax.jit, static_argnames=("apply_fn", "num_iterations", "num_samples"))
+def _member_metrics(params, images, labels, key, *, apply_fn, num_iterations, num_samples):
+    loss_fn = _full_loss(apply_fn, images, labels)
     top_key, trace_key = jax.random.split(key)
     top, _ = hessian.hessian_top_eigenvalue(loss_fn, params, top_key,
                                             num_iterations=num_iterations)
@@ -78,11 +84,7 @@ def _member_metrics(params, images, labels, key, *, apply_fn, num_iterations, nu
 
 @functools.partial(jax.jit, static_argnames=("apply_fn", "num_iterations"))
 def _member_spectrum(params, images, labels, key, *, apply_fn, num_iterations):
-    def loss_fn(p):
-        return optax.losses.softmax_cross_entropy_with_integer_labels(
-            apply_fn(p, images), labels).mean()
-
-    return hessian.hessian_spectral_density(loss_fn, params, key,
+    return hessian.hessian_spectral_density(_full_loss(apply_fn, images, labels), params, key,
                                             num_iterations=num_iterations)
 
 
@@ -238,6 +240,7 @@ def main(argv=None) -> dict:
     hessian_steps = ({"num_iterations": 5, "num_samples": 5} if args.quick else
                      {"num_iterations": args.power_iterations,
                       "num_samples": args.hutchinson_samples})
+    lanczos_steps = 5 if args.quick else args.lanczos_steps
     start, results = time.time(), {}
     train_set, test_set = data_lib.load_digits("train"), data_lib.load_digits("test")
     model = models.mlp(train_set["image"].shape[1:], 10, hidden=HIDDEN)
@@ -245,7 +248,7 @@ def main(argv=None) -> dict:
         results[name] = run_method(name, perturbation, rhos, model=model, train_set=train_set,
                                    test_set=test_set, seeds=seeds, epochs=epochs,
                                    batch_size=args.batch_size, hessian_steps=hessian_steps,
-                                   lanczos_steps=5 if args.quick else args.lanczos_steps,
+                                   lanczos_steps=lanczos_steps,
                                    progress=not args.no_progress)
     verdicts = claims(results)
     rows = []
@@ -268,7 +271,7 @@ def main(argv=None) -> dict:
         f"end: top eigenvalue ({hessian_steps['num_iterations']} power iterations) and trace "
         f"(Hutchinson, {hessian_steps['num_samples']} probes); mean ± std over seeds. The "
         "plot's last panel: the eigenvalue density of seed 0 at each method's first radius "
-        f"(stochastic Lanczos quadrature, {5 if args.quick else args.lanczos_steps} steps, one "
+        f"(stochastic Lanczos quadrature, {lanczos_steps} steps, one "
         "probe).", "",
         table, "", "Near zero training loss the cross-entropy Hessian shrinks with the loss "
         "(its Gauss-Newton part is weighted by p(1 - p)), so a run that fits the training set "

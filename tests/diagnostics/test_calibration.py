@@ -10,6 +10,11 @@ import pytest
 from jaxreg.diagnostics import calibration
 
 
+def _softmax(logits):
+    probs = np.exp(logits - logits.max(1, keepdims=True))
+    return probs / probs.sum(1, keepdims=True)
+
+
 def _ece_reference(probs, labels, num_bins):
     """Guo et al.'s ECE written directly from its definition, in float64."""
     confidence, prediction = probs.max(1), probs.argmax(1)
@@ -37,8 +42,7 @@ def test_ece_matches_the_definition_on_random_logits():
     rng = np.random.default_rng(0)
     logits = 3 * rng.normal(size=(500, 10))
     labels = rng.integers(0, 10, 500)
-    probs = np.exp(logits - logits.max(1, keepdims=True))
-    probs /= probs.sum(1, keepdims=True)
+    probs = _softmax(logits)
     jitted = jax.jit(calibration.expected_calibration_error, static_argnums=2)
     np.testing.assert_allclose(jitted(logits, labels, 15), _ece_reference(probs, labels, 15),
                                atol=1e-5)
@@ -108,8 +112,7 @@ def test_aurc_ranks_by_the_softmax_confidence_by_default():
     rng = np.random.default_rng(2)
     logits = 2 * rng.normal(size=(40, 5))
     labels = rng.integers(0, 5, 40)
-    probs = np.exp(logits - logits.max(1, keepdims=True))
-    probs /= probs.sum(1, keepdims=True)
+    probs = _softmax(logits)
     errors = probs.argmax(1) != labels
     np.testing.assert_allclose(calibration.aurc(logits, labels),
                                _aurc_reference(probs.max(1), errors), rtol=1e-5)
