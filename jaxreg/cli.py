@@ -98,11 +98,10 @@ def _cmd_grid(args) -> int:
     mesh = None
     if args.shard:
         import jax
-        import numpy as np
-        mesh = jax.sharding.Mesh(np.array(jax.devices()), ("grid",))
-        if len(values["learning_rate"]) % mesh.size:
+        if len(values["learning_rate"]) % jax.device_count():
             raise UsageError(f"--shard: {len(values['learning_rate'])} configurations cannot be "
-                             f"split evenly over {mesh.size} devices")
+                             f"split evenly over {jax.device_count()} devices")
+        mesh = train.make_mesh(grid=-1, data=1)
     result = train.grid(objective, optimizer, model.init,
                         {"image": train_set["image"], "label": labels}, hparams=values,
                         seeds=range(args.seeds), epochs=args.epochs,

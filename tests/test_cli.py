@@ -44,17 +44,6 @@ def test_grid_command_trains_and_writes(tmp_path, capsys):
     assert all(0.0 <= a <= 1.0 for config in acc for seed in config for a in seed)
 
 
-def test_grid_command_shards_over_devices(capsys):
-    import jax
-
-    assert jax.device_count() == 8  # tests/conftest.py
-    code = cli.main(["grid", "--loss", "comp_sum", "--set", "tau=1.0,1.2,1.4,1.6,1.8,2.0,1.1,1.3",
-                     "--seeds", "1", "--epochs", "1", "--shard"])
-    assert code == 0 and "| tau=2.0, learning_rate=0.001 |" in capsys.readouterr().out
-    assert cli.main(["grid", "--loss", "comp_sum", "--set", "tau=1.0,2.0", "--shard"]) == 2
-    assert "cannot be split evenly over 8 devices" in capsys.readouterr().err
-
-
 def test_docs_catalog_page_is_current():
     import pathlib
     page = (pathlib.Path(__file__).parents[1] / "docs" / "catalog.md").read_text()

@@ -51,7 +51,7 @@ def epoch_indices(seed: int, epoch: int, num_examples: int, batch_size: int, *,
 
 
 def batches(data, batch_size: int, *, seed: int, epoch: int, start: int = 0,
-            shuffle: bool = True) -> Iterator[dict[str, np.ndarray]]:
+            shuffle: bool = True, rows: slice | None = None) -> Iterator[dict[str, np.ndarray]]:
     """Iterates over the batches of one epoch, beginning at batch number ``start``.
 
     Args:
@@ -64,6 +64,10 @@ def batches(data, batch_size: int, *, seed: int, epoch: int, start: int = 0,
         start: first batch to yield, ``0 <= start <= num_batches``; resuming at ``start=k``
             yields exactly the batches ``k, k+1, ...`` of the full epoch.
         shuffle: if False, examples come in index order.
+        rows: only these rows of every batch are read (the rows of the global batch that one
+            process's devices hold, ``jaxreg.train.sharding.ShardingPlan.process_rows``); the
+            order, and so which examples each process reads, stays a function of
+            ``(seed, epoch)``.
 
     Returns:
         An iterator of dicts of numpy arrays with a leading ``batch_size`` axis: the fields
@@ -84,6 +88,11 @@ def batches(data, batch_size: int, *, seed: int, epoch: int, start: int = 0,
     order = epoch_indices(seed, epoch, num_examples, batch_size, shuffle=shuffle)
     if not isinstance(start, (int, np.integer)) or not 0 <= start <= len(order):
         raise ValueError(f"`start` must be an integer in [0, {len(order)}], got {start!r}.")
+    if rows is not None:
+        if not isinstance(rows, slice) or not order[:, rows].shape[1]:
+            raise ValueError(f"`rows` must be a non-empty slice of the {batch_size} rows of a "
+                             f"batch, got {rows!r}.")
+        order = order[:, rows]
     return ({**gather(idx), "index": idx} for idx in order[start:])
 
 

@@ -1,5 +1,7 @@
-"""Train steps composed from objectives and optax: state, step, grid, loop, checkpoints."""
+"""Train steps composed from objectives and optax: state, step, grid, loop, checkpoints,
+sharding over a device mesh and multi-host runs."""
 
+from jaxreg.train import distributed, sharding
 from jaxreg.train.checkpoint import Checkpointer
 from jaxreg.train.fork_merge import ForkMergeResult, fork_merge, merge_search
 from jaxreg.train.grid import GridResult, grid, product
@@ -14,10 +16,12 @@ from jaxreg.train.model_editing import (
     merge,
     task_vector,
 )
+from jaxreg.train.sharding import ShardingPlan, make_mesh
 from jaxreg.train.state import TrainState, init_state
 from jaxreg.train.step import make_step
 
-__all__ = ["Checkpointer", "ForkMergeResult", "GridResult", "TrainState", "apply_coefficients",
-           "dare", "darex_q_search", "fit", "fork_merge", "grid", "implicit_hypergradient",
-           "init_coefficients", "init_state", "learn_coefficients", "make_step", "merge",
-           "merge_search", "neumann_inverse_hvp", "product", "task_vector", "write_history"]
+__all__ = ["Checkpointer", "ForkMergeResult", "GridResult", "ShardingPlan", "TrainState",
+           "apply_coefficients", "dare", "darex_q_search", "distributed", "fit", "fork_merge",
+           "grid", "implicit_hypergradient", "init_coefficients", "init_state",
+           "learn_coefficients", "make_mesh", "make_step", "merge", "merge_search",
+           "neumann_inverse_hvp", "product", "sharding", "task_vector", "write_history"]

@@ -6,10 +6,11 @@ The purejaxrl idea made general: the step is pure, so ``vmap(vmap(epoch))`` over
 collects metrics. Members of one seed share their initial parameters and batch order, so
 configurations are compared on paired runs.
 
-Given a ``jax.sharding.Mesh``, the configurations are split over its devices (every mesh axis
-shards the configuration axis): each device trains K / devices configurations x all seeds,
-and nothing else changes. On several hosts, call ``jax.distributed.initialize()`` first and
-pass the global mesh.
+Given a mesh with a ``grid`` axis (``jaxreg.train.sharding.make_mesh``), the configurations
+are split over ``grid`` and each configuration's batch over ``data`` x ``fsdp`` (with a
+``ShardingPlan``, its parameters too): ``make_mesh(grid=4, data=2)`` trains K / 4
+configurations per pair of devices, each pair splitting the batch. On several hosts, call
+``jaxreg.train.distributed.initialize()`` first and pass the global mesh.
 """
 
 from __future__ import annotations
@@ -24,11 +25,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.sharding import PartitionSpec
 from tqdm.auto import tqdm
 
 from jaxreg.data.pipeline import epoch_indices
 from jaxreg.objective import Objective
 from jaxreg.optim.sharpness import Perturbation
+from jaxreg.train.sharding import ShardingPlan, data_parallel
 from jaxreg.train.state import TrainState, init_state
 from jaxreg.train.step import make_step
 
@@ -96,13 +99,26 @@ class GridResult:
                            "history": {k: v.tolist() for k, v in self.history.items()}})
 
 
+def _plan(mesh, sharding, init_params, key) -> ShardingPlan | None:
+    if mesh is not None and sharding is not None:
+        raise ValueError("give `mesh` or `sharding`, not both (the plan has its mesh)")
+    if mesh is None and sharding is None:
+        return None
+    plan = sharding or data_parallel(mesh, jax.eval_shape(init_params, key))
+    if "grid" not in plan.mesh.axis_names:
+        raise ValueError(f"the mesh {dict(plan.mesh.shape)} has no `grid` axis to split the "
+                         "configurations over; build it with "
+                         "jaxreg.train.sharding.make_mesh(grid=...)")
+    return plan
+
+
 def grid(objective: Objective, optimizer: optax.GradientTransformation,
          init_params: Callable[[jax.Array], Any], train_data: Mapping[str, Any], *,
          hparams: Mapping[str, Sequence], seeds: Sequence[int], epochs: int, batch_size: int,
          evaluate: Callable[[TrainState, dict], Mapping[str, jax.Array]] | None = None,
          seed_data: Mapping[str, Any] | None = None,
          init_example_state: Callable[[dict], Any] | None = None,
-         mesh: jax.sharding.Mesh | None = None,
+         mesh: jax.sharding.Mesh | None = None, sharding: ShardingPlan | None = None,
          aggregator: optax.GradientTransformation | None = None,
          representation: Callable | None = None,
          term_order: Sequence[str] | None = None,
@@ -128,8 +144,13 @@ def grid(objective: Objective, optimizer: optax.GradientTransformation,
             with each seed) that override or extend ``train_data``.
         init_example_state: ``init_example_state(data) -> per-example state`` (leading axis
             N), for objectives that keep one.
-        mesh: a device mesh to split the K configurations over (K must be divisible by its
-            size); None keeps everything on the default device.
+        mesh: a device mesh with a ``grid`` axis (``jaxreg.train.sharding.make_mesh``): the K
+            configurations are split over ``grid`` (K must be divisible by its size), each
+            configuration's batch over ``data`` and ``fsdp``, its parameters replicated. None
+            keeps everything on the default device.
+        sharding: instead of ``mesh``, a ``ShardingPlan`` (of one member's parameters, e.g.
+            ``fully_sharded(mesh, jax.eval_shape(init_params, key))``) whose mesh has a
+            ``grid`` axis: configurations on ``grid``, each member laid out by the plan.
         aggregator: a ``jaxreg.multiobjective`` aggregator: every member differentiates the
             objective's terms separately and aggregates them (its hyperparameters, injected
             with ``optax.inject_hyperparams``, can be swept like the optimizer's).
@@ -155,8 +176,9 @@ def grid(objective: Objective, optimizer: optax.GradientTransformation,
                              f"({len(seeds)}, {n}) = (seeds, examples), got {value.shape}")
     values = {name: _as_array(v) for name, v in hparams.items()}
     keys = jnp.stack([jax.random.PRNGKey(s) for s in seeds])
+    plan = _plan(mesh, sharding, init_params, keys[0])
     step = make_step(objective, optimizer, aggregator=aggregator, representation=representation,
-                     term_order=term_order, perturbation=perturbation)
+                     term_order=term_order, perturbation=perturbation, sharding=plan)
 
     def init_member(hp, key, own):
         init_key, train_key = jax.random.split(key)
@@ -178,23 +200,27 @@ def grid(objective: Objective, optimizer: optax.GradientTransformation,
             metrics.update({f"eval/{k}": v for k, v in evaluate(state, data).items()})
         return state, metrics
 
-    members = None  # sharding of everything with a leading configuration axis
-    if mesh is not None:
-        if len(configs) % mesh.size:
+    # spmd_axis_name: the step's sharding constraints keep the configuration axis on `grid`
+    # (without it, vmap would replicate that axis inside the step).
+    spmd = None if plan is None else "grid"
+    init_all = jax.vmap(jax.vmap(init_member, (None, 0, 0)), (0, None, None),
+                        spmd_axis_name=spmd)
+    epoch_all = jax.vmap(jax.vmap(epoch_member, (0, 0, 0, None)), (0, None, None, None),
+                         spmd_axis_name=spmd)
+    members = outputs = None  # shardings of the members' states and of (states, metrics)
+    if plan is not None:
+        if len(configs) % plan.mesh.shape["grid"]:
             raise ValueError(f"the {len(configs)} configurations cannot be split evenly over "
-                             f"the mesh's {mesh.size} devices; use a multiple of {mesh.size}")
-        # Sharded by propagation (Auto axes) even on an Explicit mesh (``jax.make_mesh``'s
-        # default): jax 0.10's sharding-in-types loses the mesh inside loops of a vmapped
-        # step (PCGrad's fori_loop, UPGrad's while_loop), and each member is one device's.
-        auto = jax.sharding.Mesh(mesh.devices, mesh.axis_names,
-                                 axis_types=(jax.sharding.AxisType.Auto,) * mesh.devices.ndim)
-        members = jax.sharding.NamedSharding(auto, jax.sharding.PartitionSpec(mesh.axis_names))
-        values = jax.device_put(values, members)
-    over_seeds = (0, 0, 0, None)
-    init_all = jax.jit(jax.vmap(jax.vmap(init_member, (None, 0, 0)), (0, None, None)),
-                       out_shardings=members)
-    epoch_all = jax.jit(jax.vmap(jax.vmap(epoch_member, over_seeds), (0, None, None, None)),
-                        out_shardings=members, donate_argnums=0)
+                             f"the mesh's `grid` axis of {plan.mesh.shape['grid']} devices; "
+                             f"use a multiple of {plan.mesh.shape['grid']}")
+        one = jax.eval_shape(init_member, {k: v[0] for k, v in values.items()}, keys[0],
+                             {k: v[0] for k, v in seed_data.items()})
+        members = jax.tree.map(lambda s: plan.named(PartitionSpec("grid", None, *s.spec)),
+                               plan.state(one))
+        outputs = (members, plan.named(PartitionSpec("grid")))
+        values = jax.device_put(values, outputs[1])
+    init_all = jax.jit(init_all, out_shardings=members)
+    epoch_all = jax.jit(epoch_all, out_shardings=outputs, donate_argnums=0)
     state = init_all(values, keys, seed_data)
     history: dict[str, list] = {}
     bar = tqdm(range(epochs), desc=desc, disable=not progress, unit="epoch", dynamic_ncols=True)

@@ -4,6 +4,13 @@ Batches come from ``jaxreg.data.batches``, a deterministic function of ``(seed, 
 the PRNG key lives in the state, so a run resumed from a checkpoint at step s takes exactly
 the steps an uninterrupted run would have taken from s: same batches, same keys, same
 parameters at the end.
+
+With ``sharding=`` (a ``jaxreg.train.sharding.ShardingPlan``) the state is placed on the
+plan's mesh, the step is jitted with the plan's input and output shardings, and each process
+reads only its rows of every global batch (``ShardingPlan.process_rows``), from which
+``jax.make_array_from_process_local_data`` builds the global batch. The batches, the keys and
+so the result are those of the unsharded run; on several hosts, call
+``jaxreg.train.distributed.initialize`` first and give every process the same arguments.
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ from tqdm.auto import tqdm
 
 from jaxreg.data.pipeline import batches, num_batches
 from jaxreg.train.checkpoint import Checkpointer, differences, ensure_writable, layout
+from jaxreg.train.sharding import ShardingPlan, distinct_buffers
 from jaxreg.train.state import TrainState
 
 
@@ -44,7 +52,8 @@ def fit(step: Callable[[TrainState, dict], tuple[TrainState, dict]], state: Trai
         evaluate: Callable[[TrainState], Mapping[str, Any]] | None = None,
         eval_every: int = 1, out_dir: str | os.PathLike | None = None,
         checkpoint_every: int | None = None, config: Mapping[str, Any] | None = None,
-        max_steps: int | None = None, progress: bool = True
+        max_steps: int | None = None, progress: bool = True,
+        sharding: ShardingPlan | None = None, async_checkpoints: bool = False
         ) -> tuple[TrainState, list[dict[str, Any]]]:
     """Trains ``state`` with ``step`` for ``epochs`` epochs; returns the state and the history.
 
@@ -61,7 +70,11 @@ def fit(step: Callable[[TrainState, dict], tuple[TrainState, dict]], state: Trai
         config: a JSON-able description of the run (hyperparameters, model, data). A
             checkpoint made with another config, batch size, seed or state layout is refused.
         max_steps: stop after this many steps in total (for tests and interrupted runs).
-        progress: show a progress bar.
+        progress: show a progress bar (on the first process only).
+        sharding: a ``ShardingPlan``: train on its mesh (build the step with the same plan,
+            ``make_step(..., sharding=plan)``); ``batch_size`` is the global batch.
+        async_checkpoints: write checkpoints in the background (``Checkpointer``'s
+            ``async_save``).
     """
     n = len(next(iter(train_data.values()))) if isinstance(train_data, Mapping) else len(train_data)
     per_epoch = num_batches(n, batch_size)
@@ -70,12 +83,23 @@ def fit(step: Callable[[TrainState, dict], tuple[TrainState, dict]], state: Trai
     history: list[dict[str, Any]] = []
     sums: dict[str, float] = {}
     checkpointer = None
+    rows = None
+    if sharding is not None:
+        if batch_size % sharding.batch_size_multiple:
+            raise ValueError(
+                f"`batch_size` {batch_size} is not divisible by the {sharding.batch_size_multiple}"
+                f" devices of the mesh axes {sharding.batch_axes} that split the batch")
+        rows = sharding.process_rows(batch_size)
+        state = sharding.put_state(state)
+    else:
+        state = distinct_buffers(state)  # the jitted step donates every leaf
     if out_dir is not None:
         out_dir = ensure_writable(out_dir)
     if checkpoint_every is not None:
         if out_dir is None:
             raise ValueError("`checkpoint_every` needs an `out_dir` to write checkpoints to")
-        checkpointer = Checkpointer(os.path.join(out_dir, "checkpoints"))
+        checkpointer = Checkpointer(os.path.join(out_dir, "checkpoints"),
+                                    async_save=async_checkpoints)
         if checkpointer.latest_step() is not None:
             record = checkpointer.read_record()
             problems = (differences(record["run"], json.loads(json.dumps(run_config)))
@@ -89,11 +113,11 @@ def fit(step: Callable[[TrainState, dict], tuple[TrainState, dict]], state: Trai
             state, record = checkpointer.restore(state)
             history, sums = record["history"], record["sums"]
 
-    jitted = jax.jit(step, donate_argnums=0)
+    jitted = None
     total = epochs * per_epoch if max_steps is None else min(max_steps, epochs * per_epoch)
     start = int(state.step)
-    bar = tqdm(total=total, initial=min(start, total), disable=not progress, unit="step",
-               dynamic_ncols=True)
+    bar = tqdm(total=total, initial=min(start, total), unit="step", dynamic_ncols=True,
+               disable=not progress or jax.process_index() != 0)
 
     pending, pending_count = None, 0  # metric sums still on the device since the last fold
 
@@ -109,8 +133,7 @@ def fit(step: Callable[[TrainState, dict], tuple[TrainState, dict]], state: Trai
     def save(step_now):
         fold()
         # A copy in plain JSON types, as it will be read back on resume.
-        record = json.loads(json.dumps({"run": run_config, "layout": layout(state),
-                                        "history": history, "sums": sums}))
+        record = json.loads(json.dumps({"run": run_config, "history": history, "sums": sums}))
         checkpointer.save(step_now, state, record)
 
     now = start
@@ -119,10 +142,16 @@ def fit(step: Callable[[TrainState, dict], tuple[TrainState, dict]], state: Trai
             if now >= total:
                 break
             offset = start - epoch * per_epoch if epoch == start // per_epoch else 0
-            for batch in batches(train_data, batch_size, seed=seed, epoch=epoch, start=offset):
+            for batch in batches(train_data, batch_size, seed=seed, epoch=epoch, start=offset,
+                                 rows=rows):
                 if now >= total:
                     break
                 batch["epoch"] = np.int32(epoch)
+                if sharding is not None:
+                    batch = sharding.put_batch(batch, batch_size)
+                if jitted is None:
+                    jitted = (jax.jit(step, donate_argnums=0) if sharding is None
+                              else sharding.jit_step(step, state, batch))
                 state, metrics = jitted(state, batch)
                 now += 1
                 pending = metrics if pending is None else jax.tree.map(jnp.add, pending, metrics)

@@ -10,6 +10,10 @@ the weights there, and one backward pass of the weighted sum updates every param
 With ``perturbation=`` (``jaxreg.optim.sharpness``: SAM, ASAM, adversarial model
 perturbation) the summed objective is differentiated at the weights and again at the
 perturbed weights ``w + delta``, and the optimizer applies the second gradient to ``w``.
+With ``sharding=`` (a ``jaxreg.train.sharding.ShardingPlan``) the step constrains the batch
+to its data-parallel sharding and the gradients (or the per-term Jacobian) and the new
+parameters to the parameters' shardings, so XLA reduce-scatters gradients instead of
+gathering them; jit it with the plan's in/out shardings (``fit`` and ``grid`` do).
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import optax
 from jaxreg import objective as objective_lib
 from jaxreg.multiobjective.base import gramian
 from jaxreg.optim.sharpness import Perturbation
+from jaxreg.train.sharding import ShardingPlan
 from jaxreg.train.state import TrainState, full_optimizer
 
 
@@ -64,6 +69,7 @@ def make_step(objective: objective_lib.Objective, optimizer: optax.GradientTrans
               representation: Callable | None = None,
               term_order: Sequence[str] | None = None,
               perturbation: Perturbation | None = None,
+              sharding: ShardingPlan | None = None,
               ) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
     """Returns ``step(state, batch) -> (state, metrics)``, pure and jit/vmap-safe.
 
@@ -96,6 +102,9 @@ def make_step(objective: objective_lib.Objective, optimizer: optax.GradientTrans
             hyperparameters are read from ``state.hparams`` when present there (so a grid
             can sweep ``rho``), else its constructor's values. Extra-args optimizers receive
             the loss at ``w + delta`` as ``value``. Not combined with an ``aggregator``.
+        sharding: a ``jaxreg.train.sharding.ShardingPlan``: the batch, the gradients and the
+            parameters are constrained to its shardings inside the step (the values are
+            those of the unsharded step).
 
     Returns:
         The step. ``metrics`` holds ``"loss"`` (the sum of the weighted terms) and every
@@ -117,7 +126,13 @@ def make_step(objective: objective_lib.Objective, optimizer: optax.GradientTrans
     if aggregator is not None and weights is not None:
         raise ValueError("give `weights` or an `aggregator`, not both: the aggregator decides "
                          "how the terms are combined")
+    if sharding is not None and not isinstance(sharding, ShardingPlan):
+        raise TypeError("`sharding` must be a jaxreg.train.sharding.ShardingPlan, got "
+                        f"{type(sharding).__name__}")
     transform = full_optimizer(optimizer, aggregator)
+
+    def like_params(tree, leading=0):
+        return tree if sharding is None else sharding.constrain_like_params(tree, leading)
 
     def summed(state, batch, step_key, rows):
         def loss_fn(params):
@@ -127,12 +142,14 @@ def make_step(objective: objective_lib.Objective, optimizer: optax.GradientTrans
 
         value_and_grad = jax.value_and_grad(loss_fn, has_aux=True)
         (loss, (terms, new_rows)), grads = value_and_grad(state.params)
+        grads = like_params(grads)
         metrics = {"loss": loss, **terms}
         if perturbation is not None:
             delta = perturbation(lambda p: value_and_grad(p)[1], state.params, grads,
                                  state.hparams)
             perturbed = jax.tree.map(lambda p, d: p + d.astype(p.dtype), state.params, delta)
             (loss, _), grads = value_and_grad(perturbed)
+            grads = like_params(grads)
             metrics.update(perturbed_loss=loss, perturbation_norm=optax.tree.norm(delta))
         updates, opt_state = transform.update(grads, state.opt_state, state.params, value=loss)
         return updates, opt_state, metrics, new_rows
@@ -140,6 +157,7 @@ def make_step(objective: objective_lib.Objective, optimizer: optax.GradientTrans
     def per_term(state, batch, step_key, rows):
         terms, jacobian, new_rows = objective_lib.term_gradients(
             objective, state.params, batch, state.hparams, step_key, rows, order=term_order)
+        jacobian = like_params(jacobian, leading=1)
         loss = objective_lib.weighted_sum(terms)
         names = objective_lib.term_order(terms, term_order)
         updates, opt_state = transform.update(jacobian, state.opt_state, state.params,
@@ -171,7 +189,7 @@ def make_step(objective: objective_lib.Objective, optimizer: optax.GradientTrans
                              f"build it with num_objectives={values.shape[0]}")
         head_grads, feature_grads = heads_vjp(term_weights.astype(values.dtype))
         (encoder_grads,) = encoder_vjp(feature_grads)
-        grads = jax.tree.map(jnp.add, head_grads, encoder_grads)
+        grads = like_params(jax.tree.map(jnp.add, head_grads, encoder_grads))
         loss = jnp.sum(values)
         updates, opt_state = optimizer_only.update(grads, opt_state, state.params, value=loss)
         metrics = {"loss": loss, **terms,
@@ -187,9 +205,11 @@ def make_step(objective: objective_lib.Objective, optimizer: optax.GradientTrans
 
     def step(state: TrainState, batch: dict):
         key, step_key = jax.random.split(state.key)
+        if sharding is not None:
+            batch = sharding.constrain_batch(batch)
         rows = _gather_rows(state, batch)
         updates, opt_state, metrics, new_rows = update_fn(state, batch, step_key, rows)
-        new_state = state.replace(params=optax.apply_updates(state.params, updates),
+        new_state = state.replace(params=like_params(optax.apply_updates(state.params, updates)),
                                   opt_state=opt_state, step=state.step + 1, key=key,
                                   example_state=_scatter_rows(state, batch, new_rows))
         return new_state, metrics

@@ -84,30 +84,6 @@ def test_product_is_cartesian():
         "a": [1, 1, 1, 2, 2, 2], "b": ["x", "y", "z", "x", "y", "z"]}
 
 
-@pytest.mark.parametrize("explicit", [False, True], ids=["auto-mesh", "explicit-mesh"])
-def test_grid_sharded_over_a_mesh_equals_one_device(explicit):
-    from jax.sharding import Mesh, NamedSharding, PartitionSpec
-
-    assert jax.device_count() >= 4, "tests/conftest.py asks XLA for 8 CPU devices"
-    if explicit:  # jax.make_mesh's default axis type
-        mesh = jax.make_mesh((4,), ("grid",), devices=jax.devices()[:4])
-    else:
-        mesh = Mesh(np.array(jax.devices()[:4]), ("grid",))
-    kwargs = dict(hparams={"wd": [0.0, 0.1, 0.2, 0.3], "learning_rate": [0.5] * 4},
-                  seeds=[0, 1], epochs=2, batch_size=5, progress=False)
-    sharded = train.grid(_objective, OPT, _init, _data(), mesh=mesh, **kwargs)
-    single = train.grid(_objective, OPT, _init, _data(), **kwargs)
-    w = sharded.state.params["w"]
-    assert w.sharding.is_equivalent_to(NamedSharding(mesh, PartitionSpec("grid")), w.ndim)
-    assert len(w.addressable_shards) == 4 and w.addressable_shards[0].data.shape[0] == 1
-    np.testing.assert_allclose(w, single.state.params["w"], rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(sharded.history["train/loss"], single.history["train/loss"],
-                               rtol=1e-5)
-    with pytest.raises(ValueError, match="3 configurations cannot be split evenly"):
-        train.grid(_objective, OPT, _init, _data(), mesh=mesh, hparams={"wd": [0.0] * 3},
-                   seeds=[0], epochs=1, batch_size=5)
-
-
 def test_on_epoch_sees_each_epochs_metrics():
     seen = []
     result = train.grid(_objective, OPT, _init, _data(), hparams={"wd": [0.0, 0.1],

@@ -101,30 +101,3 @@ def test_grid_sweeps_an_injected_aggregator_hyperparameter():
     assert not np.allclose(w[0, 0], params["enc"])
 
 
-@pytest.mark.parametrize("explicit", [False, True], ids=["auto-mesh", "explicit-mesh"])
-@pytest.mark.parametrize("name", ["upgrad", "pcgrad", "nash_mtl"])
-def test_sharded_grid_with_an_aggregator_equals_one_device(name, explicit):
-    """The aggregator's state (PCGrad's key, Nash-MTL's warm start) is sharded with the
-    configurations and the result is the one-device result."""
-    from jax.sharding import NamedSharding, PartitionSpec
-
-    import jaxreg.multiobjective as mo
-
-    params, batch = _setup()
-    data = {k: np.asarray(v) for k, v in batch.items()}
-    opt = optax.inject_hyperparams(optax.sgd)(learning_rate=0.1)
-    aggregator = getattr(mo, name)(num_objectives=2)
-    devices = jax.devices()[:4]
-    mesh = (jax.make_mesh((4,), ("grid",), devices=devices) if explicit
-            else jax.sharding.Mesh(np.array(devices), ("grid",)))
-    kwargs = dict(aggregator=aggregator, hparams={"learning_rate": [0.05, 0.1, 0.2, 0.4]},
-                  seeds=[0, 1], epochs=2, batch_size=4, progress=False)
-    sharded = train.grid(_objective, opt, lambda key: params, data, mesh=mesh, **kwargs)
-    single = train.grid(_objective, opt, lambda key: params, data, **kwargs)
-    w = sharded.state.params["enc"]
-    assert w.sharding.is_equivalent_to(NamedSharding(mesh, PartitionSpec("grid")), w.ndim)
-    np.testing.assert_allclose(w, single.state.params["enc"], rtol=1e-5, atol=1e-6)
-    for key in ("train/weight/cls", "train/cos/cls,reg"):
-        np.testing.assert_allclose(sharded.history[key], single.history[key], rtol=1e-5,
-                                   atol=1e-6)
-    assert not np.allclose(w[0, 0], w[3, 0])  # the learning rates differ
