@@ -14,6 +14,7 @@ from problem import (
     IN,
     STEPS,
     batch_level,
+    features_of,
     init_params,
     logits_of,
     summed,
@@ -175,6 +176,19 @@ def test_sharpness_aware_and_per_example_state(devices):
     np.testing.assert_allclose(out.params["out"]["kernel"], single.params["out"]["kernel"],
                                rtol=1e-5, atol=1e-6)
     assert float(jnp.abs(out.example_state).sum()) > 0  # every row was written
+
+
+def test_aggregation_on_the_shared_representation(devices):
+    """MGDA-UB (``representation=``): weights from the features' Jacobian, one backward."""
+
+    def heads(params, batch, hparams, key, *, representation):
+        logits = params["scale"] * (representation @ params["out"]["kernel"]
+                                    + params["out"]["bias"])
+        ce = optax.softmax_cross_entropy_with_integer_labels(logits, batch["y"]).mean()
+        return {"ce": ce, "reconstruction": jnp.mean((logits[:, :4] - batch["x"][:, :4]) ** 2)}
+
+    _compare("data2xfsdp4", heads, aggregator=mo.mgda(num_objectives=2),
+             representation=lambda params, batch: features_of(params, batch["x"]))
 
 
 def test_batch_not_divisible_by_the_data_axes_is_named(devices):
