@@ -1,4 +1,5 @@
-"""Data for jaxreg: bundled real datasets as tfds builders, label noise, input pipeline."""
+"""Data for jaxreg: bundled real datasets (digits, text) as tfds builders, label noise, input
+pipeline."""
 
 from jaxreg.data.digits import SklearnDigits, data_source, default_data_dir, load_digits
 from jaxreg.data.label_noise import (
@@ -10,19 +11,24 @@ from jaxreg.data.label_noise import (
     symmetric_noise,
 )
 from jaxreg.data.pipeline import batches, epoch_indices, num_batches
+from jaxreg.data.text import TextCorpus, load_text, text_source, unigram_entropy
 
 __all__ = [
     "ASYMMETRIC_CONVENTIONS",
     "DIGITS_ASYMMETRIC_MAP",
     "SYMMETRIC_CONVENTIONS",
     "SklearnDigits",
+    "TextCorpus",
     "asymmetric_noise",
     "batches",
     "data_source",
     "default_data_dir",
     "epoch_indices",
     "load_digits",
+    "load_text",
     "noise_report",
     "num_batches",
     "symmetric_noise",
+    "text_source",
+    "unigram_entropy",
 ]
