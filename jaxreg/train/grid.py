@@ -123,6 +123,7 @@ def grid(objective: Objective, optimizer: optax.GradientTransformation,
          representation: Callable | None = None,
          term_order: Sequence[str] | None = None,
          perturbation: Perturbation | None = None,
+         steps_per_epoch: int | None = None,
          on_epoch: Callable[[int, dict[str, np.ndarray]], None] | None = None,
          progress: bool = True, desc: str = "grid") -> GridResult:
     """Trains every (configuration, seed) pair as one vmapped program.
@@ -159,6 +160,9 @@ def grid(objective: Objective, optimizer: optax.GradientTransformation,
         term_order: the order of the objectives given to the aggregator, as in ``make_step``.
         perturbation: a sharpness-aware perturbation (``jaxreg.optim.sharpness``), as in
             ``make_step``; its hyperparameters (``rho``, ...) can be swept in ``hparams``.
+        steps_per_epoch: train only the first this many batches of each epoch's order (a new
+            random subset every epoch): evaluation and logging every so many steps over a
+            large dataset (a text corpus) instead of every pass.
         on_epoch: ``on_epoch(epoch, metrics)`` after each epoch, with that epoch's metrics as
             host arrays [K, S] (for logging, early inspection or timing).
         progress: show a progress bar over epochs.
@@ -174,6 +178,10 @@ def grid(objective: Objective, optimizer: optax.GradientTransformation,
         if value.shape[:2] != (len(seeds), n):
             raise ValueError(f"`seed_data[{name!r}]` must have leading shape "
                              f"({len(seeds)}, {n}) = (seeds, examples), got {value.shape}")
+    if steps_per_epoch is not None and not (
+            isinstance(steps_per_epoch, int) and 1 <= steps_per_epoch <= n // batch_size):
+        raise ValueError(f"`steps_per_epoch` must be an integer in [1, {n // batch_size}] (the "
+                         f"batches in an epoch), got {steps_per_epoch!r}")
     values = {name: _as_array(v) for name, v in hparams.items()}
     keys = jnp.stack([jax.random.PRNGKey(s) for s in seeds])
     plan = _plan(mesh, sharding, init_params, keys[0])
@@ -225,7 +233,8 @@ def grid(objective: Objective, optimizer: optax.GradientTransformation,
     history: dict[str, list] = {}
     bar = tqdm(range(epochs), desc=desc, disable=not progress, unit="epoch", dynamic_ncols=True)
     for epoch in bar:
-        order = jnp.asarray(np.stack([epoch_indices(s, epoch, n, batch_size) for s in seeds]))
+        order = jnp.asarray(np.stack([epoch_indices(s, epoch, n, batch_size)[:steps_per_epoch]
+                                      for s in seeds]))
         state, metrics = epoch_all(state, seed_data, order, jnp.int32(epoch))
         metrics = jax.device_get(metrics)
         for name, value in metrics.items():

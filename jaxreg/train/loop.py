@@ -18,6 +18,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -53,7 +54,9 @@ def fit(step: Callable[[TrainState, dict], tuple[TrainState, dict]], state: Trai
         eval_every: int = 1, out_dir: str | os.PathLike | None = None,
         checkpoint_every: int | None = None, config: Mapping[str, Any] | None = None,
         max_steps: int | None = None, progress: bool = True,
-        sharding: ShardingPlan | None = None, async_checkpoints: bool = False
+        sharding: ShardingPlan | None = None, async_checkpoints: bool = False,
+        log_every: int | None = None,
+        on_row: Callable[[dict[str, Any], float], None] | None = None
         ) -> tuple[TrainState, list[dict[str, Any]]]:
     """Trains ``state`` with ``step`` for ``epochs`` epochs; returns the state and the history.
 
@@ -63,7 +66,7 @@ def fit(step: Callable[[TrainState, dict], tuple[TrainState, dict]], state: Trai
         train_data: a dict of equal-length arrays or a tfds data source; each batch is a dict
             with its ``"index"`` and ``"epoch"``.
         epochs, batch_size, seed: the schedule; the seed fixes the batch order.
-        evaluate: ``evaluate(state) -> {name: scalar}``, run every ``eval_every`` epochs.
+        evaluate: ``evaluate(state) -> {name: scalar}``, run every ``eval_every`` rows.
         out_dir: where ``history.json``/``history.csv`` and ``checkpoints/`` are written.
         checkpoint_every: save every this many steps (and at the end); resume from the latest
             checkpoint in ``out_dir`` when there is one.
@@ -75,11 +78,20 @@ def fit(step: Callable[[TrainState, dict], tuple[TrainState, dict]], state: Trai
             ``make_step(..., sharding=plan)``); ``batch_size`` is the global batch.
         async_checkpoints: write checkpoints in the background (``Checkpointer``'s
             ``async_save``).
+        log_every: steps per history row (default: one row per epoch). A row holds the
+            means of the step's metrics over its steps (moved off the device once per row),
+            ``step``, ``epoch`` (the epoch it ends in, from 1) and the evaluation.
+        on_row: ``on_row(row, seconds)`` after each row, with the wall time of its training
+            steps (evaluation and checkpoints at row boundaries excluded; the first row's
+            includes compilation).
     """
     n = len(next(iter(train_data.values()))) if isinstance(train_data, Mapping) else len(train_data)
     per_epoch = num_batches(n, batch_size)
+    if log_every is not None and (not isinstance(log_every, int) or log_every < 1):
+        raise ValueError(f"`log_every` must be a positive integer, got {log_every!r}")
+    interval = log_every or per_epoch
     run_config = {"config": dict(config or {}), "batch_size": batch_size, "seed": seed,
-                  "num_examples": n}
+                  "num_examples": n, "log_every": interval}
     history: list[dict[str, Any]] = []
     sums: dict[str, float] = {}
     checkpointer = None
@@ -137,6 +149,7 @@ def fit(step: Callable[[TrainState, dict], tuple[TrainState, dict]], state: Trai
         checkpointer.save(step_now, state, record)
 
     now = start
+    clock = time.perf_counter()
     try:
         for epoch in range(start // per_epoch, epochs):
             if now >= total:
@@ -157,19 +170,26 @@ def fit(step: Callable[[TrainState, dict], tuple[TrainState, dict]], state: Trai
                 pending = metrics if pending is None else jax.tree.map(jnp.add, pending, metrics)
                 pending_count += 1
                 bar.update(1)
-                if now % per_epoch == 0:
+                last = now == epochs * per_epoch  # a last, shorter interval gets a row too
+                if now % interval == 0 or last:
                     fold()
+                    seconds = time.perf_counter() - clock
                     count = sums.pop("_count")
                     row = {"epoch": epoch + 1, "step": now,
                            **{f"train/{k}": v / count for k, v in sums.items()}}
                     sums = {}
-                    if evaluate is not None and (epoch + 1) % eval_every == 0:
+                    if evaluate is not None and ((now // interval) % eval_every == 0 or last):
                         row.update({f"eval/{k}": v for k, v in _to_float(evaluate(state)).items()})
                     history.append(row)
+                    if on_row is not None:
+                        on_row(row, seconds)
+                    clock = time.perf_counter()
                     bar.set_postfix({k.split("/")[-1]: f"{v:.4g}" for k, v in row.items()
                                      if k.startswith(("train/loss", "eval/"))})
                 if checkpointer is not None and now % checkpoint_every == 0:
                     save(now)
+                    if now % interval == 0:
+                        clock = time.perf_counter()  # a row's time leaves its saving out
         if checkpointer is not None and checkpointer.latest_step() != now:
             save(now)
     finally:

@@ -91,3 +91,24 @@ def test_on_epoch_sees_each_epochs_metrics():
                         on_epoch=lambda e, m: seen.append((e, m["train/loss"])), progress=False)
     assert [e for e, _ in seen] == [0, 1, 2]
     np.testing.assert_array_equal(np.stack([m for _, m in seen], -1), result.history["train/loss"])
+
+
+def test_steps_per_epoch_takes_the_first_batches_of_each_epoch():
+    data = _data()
+    result = train.grid(_objective, OPT, _init, data, hparams={"wd": [0.0],
+                        "learning_rate": [0.5]}, seeds=[3], epochs=2, batch_size=4,
+                        steps_per_epoch=2, progress=False)
+    step = jax.jit(train.make_step(_objective, OPT))
+    init_key, train_key = jax.random.split(jax.random.PRNGKey(3))
+    state = train.init_state(_init(init_key), OPT, key=train_key,
+                             hparams={"wd": 0.0, "learning_rate": 0.5})
+    for epoch in range(2):
+        for index in epoch_indices(3, epoch, 20, 4)[:2]:
+            state, _ = step(state, {"x": data["x"][index], "y": data["y"][index],
+                                    "index": index, "epoch": epoch})
+    assert int(result.state.step[0, 0]) == 4
+    np.testing.assert_allclose(result.state.params["w"][0, 0], state.params["w"], rtol=1e-5,
+                               atol=1e-6)
+    with pytest.raises(ValueError, match=r"`steps_per_epoch` must be an integer in \[1, 5\]"):
+        train.grid(_objective, OPT, _init, data, hparams={"wd": [0.0]}, seeds=[0], epochs=1,
+                   batch_size=4, steps_per_epoch=6)

@@ -131,3 +131,28 @@ def test_sigkilled_run_resumes_to_identical_parameters(tmp_path):
     resumed, _ = _fit(str(tmp_path / "cut"), _data())
     np.testing.assert_array_equal(resumed.params["w"], full.params["w"])
     np.testing.assert_array_equal(resumed.opt_state[0].mu["w"], full.opt_state[0].mu["w"])
+
+
+def test_rows_every_few_steps_with_their_timing():
+    seen = []
+    state, history = train.fit(STEP, _state(), _data(), epochs=2, batch_size=5, seed=2,
+                               log_every=3, progress=False,
+                               evaluate=lambda s: {"w0": s.params["w"][0]},
+                               on_row=lambda row, seconds: seen.append((row["step"], seconds)))
+    # 4 steps an epoch: rows at steps 3 and 6, and at 8, the end of the run
+    assert [r["step"] for r in history] == [3, 6, 8]
+    assert [r["epoch"] for r in history] == [1, 2, 2]
+    assert [s for s, _ in seen] == [3, 6, 8] and all(t > 0 for _, t in seen)
+    # the rows' means are those of the steps they cover
+    step = jax.jit(STEP)
+    replay, losses = _state(), []
+    for epoch in range(2):
+        for batch in train.loop.batches(_data(), 5, seed=2, epoch=epoch):
+            replay, metrics = step(replay, {**batch, "epoch": np.int32(epoch)})
+            losses.append(float(metrics["loss"]))
+    np.testing.assert_allclose([r["train/loss"] for r in history],
+                               [np.mean(losses[:3]), np.mean(losses[3:6]), np.mean(losses[6:])],
+                               rtol=1e-6)
+    np.testing.assert_allclose(history[-1]["eval/w0"], replay.params["w"][0], rtol=1e-6)
+    with pytest.raises(ValueError, match="`log_every` must be a positive integer"):
+        train.fit(STEP, _state(), _data(), epochs=1, batch_size=5, seed=0, log_every=0)
