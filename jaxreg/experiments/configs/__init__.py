@@ -1,0 +1,1 @@
+"""The experiments' protocols, one ``get_config(variant)`` module per experiment."""

@@ -1,0 +1,54 @@
+"""Experiment configs: variants, files, saved JSON, and field-by-field overrides."""
+
+import pytest
+
+from jaxreg.experiments import config as config_lib
+from jaxreg.experiments.configs.pretrain import get_config
+
+
+def test_variants_and_files(tmp_path):
+    assert config_lib.load(None, get_config, "cpu").variant == "cpu"
+    assert config_lib.load("pod", get_config, "cpu").mesh.fsdp == 8
+    path = tmp_path / "mine.py"
+    path.write_text("import ml_collections\n"
+                    "def get_config(variant):\n"
+                    "    return ml_collections.ConfigDict({'variant': variant, 'x': 1})\n")
+    assert config_lib.load(f"{path}:small", get_config, "cpu").variant == "small"
+    assert config_lib.load(str(path), get_config, "cpu").variant == "cpu"
+    with pytest.raises(ValueError, match="unknown pretrain variant 'tpu'"):
+        config_lib.load("tpu", get_config, "cpu")
+    with pytest.raises(FileNotFoundError, match="no file"):
+        config_lib.load(str(tmp_path / "absent.py"), get_config, "cpu")
+
+
+def test_saved_config_reads_back_equal(tmp_path):
+    config = config_lib.override(get_config("ablations"), ["optimizer.learning_rate=0.01"])
+    path = config_lib.save(config, str(tmp_path))
+    again = config_lib.load(path, get_config, "cpu")
+    assert again.to_dict() == config.to_dict()
+    assert again.ablations.learning_rates == (1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
+
+
+def test_overrides_parse_by_the_field_type():
+    config = config_lib.override(get_config("cpu"), [
+        "optimizer.learning_rate=1e-3", "train.steps=20", "model.tie_embeddings=true",
+        "model.positions=learned", "ablations.learning_rates=0.1,0.2", "model.mlp_dim=256"])
+    assert config.optimizer.learning_rate == 1e-3 and isinstance(config.train.steps, int)
+    assert config.model.tie_embeddings is True and config.model.positions == "learned"
+    assert config.ablations.learning_rates == (0.1, 0.2) and config.model.mlp_dim == 256
+    assert get_config("cpu").train.steps != 20  # the original is untouched
+
+
+def test_bad_overrides_are_named():
+    config = get_config("cpu")
+    with pytest.raises(KeyError, match="unknown config field 'optimizer.learnig_rate'; did you "
+                                       "mean learning_rate"):
+        config_lib.override(config, ["optimizer.learnig_rate=1"])
+    with pytest.raises(KeyError, match="unknown config field 'optimiser'"):
+        config_lib.override(config, ["optimiser.learning_rate=1"])
+    with pytest.raises(ValueError, match="expected an integer, got 'many'"):
+        config_lib.override(config, ["train.steps=many"])
+    with pytest.raises(ValueError, match="model is a group of fields"):
+        config_lib.override(config, ["model=small"])
+    with pytest.raises(ValueError, match="expects FIELD=VALUE"):
+        config_lib.override(config, ["train.steps"])
