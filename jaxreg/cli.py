@@ -1,4 +1,4 @@
-"""The ``jaxreg`` command: browse the catalog, run an experiment, train a grid."""
+"""The ``jaxreg`` command: browse the catalog, run an experiment, train a grid, benchmark."""
 
 from __future__ import annotations
 
@@ -117,6 +117,50 @@ def _cmd_grid(args) -> int:
     return 0
 
 
+BENCHMARKS = ("overhead", "scaling", "grid", "multiobjective")
+
+
+def benchmarks_directory() -> str:
+    """``benchmarks/`` of the checkout jaxreg runs from (an editable install), else of the
+    current directory."""
+    import pathlib
+
+    import jaxreg
+
+    for root in (pathlib.Path(jaxreg.__file__).resolve().parents[1], pathlib.Path.cwd()):
+        if (root / "benchmarks" / "_common.py").exists():
+            return str(root / "benchmarks")
+    raise UsageError("no benchmarks/ folder: run `jaxreg bench` from a clone of the "
+                     "repository (pip install -e .)")
+
+
+def _cmd_bench(args, rest) -> int:
+    import datetime
+    import subprocess
+
+    folder = benchmarks_directory()
+    names = args.names or ["overhead", "scaling"]
+    unknown = [n for n in names if n not in BENCHMARKS]
+    if unknown:
+        raise UsageError(f"unknown benchmark(s) {unknown}; available: {', '.join(BENCHMARKS)}")
+    sections = [f"# Benchmarks ({datetime.date.today().isoformat()})", "",
+                "Written by `jaxreg bench`; each section is the script's own output, its ratios "
+                "measured side by side in one run."]
+    for name in names:
+        print(f"jaxreg bench: {name} ...", file=sys.stderr, flush=True)
+        proc = subprocess.run([sys.executable, os.path.join(folder, f"{name}.py"), *rest],
+                              cwd=folder, capture_output=True, text=True)
+        if proc.returncode:
+            raise UsageError(f"benchmarks/{name}.py failed:\n{proc.stderr[-3000:]}")
+        print(proc.stdout)
+        sections += ["", f"## `benchmarks/{name}.py`", "", "```", proc.stdout.rstrip(), "```"]
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    with open(args.out, "w") as f:
+        f.write("\n".join(sections) + "\n")
+    print(f"wrote {args.out}", file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="jaxreg", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -136,12 +180,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shard", action="store_true",
                    help="split the configurations over all devices (a jax.sharding.Mesh)")
     p.add_argument("--out", help="write grid.json here")
+    p = sub.add_parser("bench", help="run benchmarks/ and write a markdown page",
+                       description="Runs benchmark scripts of benchmarks/ (default: overhead "
+                                   "and scaling) and writes their tables to one markdown file; "
+                                   "arguments after -- go to every script.")
+    p.add_argument("names", nargs="*", metavar="NAME", help=", ".join(BENCHMARKS))
+    p.add_argument("--out", default=os.path.join("runs", "bench", "benchmarks.md"))
     return parser
 
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser()
+    extra = []
+    if "--" in argv:
+        argv, extra = argv[:argv.index("--")], argv[argv.index("--") + 1:]
     args, rest = parser.parse_known_args(argv)
     if rest and args.command != "run":
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
@@ -149,7 +202,9 @@ def main(argv=None) -> int:
         if args.command == "list":
             return _cmd_list(args)
         if args.command == "run":
-            return _cmd_run(args, rest)
+            return _cmd_run(args, rest + extra)
+        if args.command == "bench":
+            return _cmd_bench(args, extra)
         return _cmd_grid(args)
     except UsageError as err:
         print(f"jaxreg {args.command}: error: {err}", file=sys.stderr)

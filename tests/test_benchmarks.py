@@ -41,6 +41,9 @@ def run(script: str, *args: str) -> dict[str, list[float]]:
      ["jaxreg sum", "jaxreg mean", "jax loop mean", "jaxreg upgrad", "jax loop upgrad"]),
     ("grid.py", ("--configs", "2", "--epochs", "2", "--torch-python", "none"),
      ["grid", "jaxreg steps", "optax steps", "optax vmap"]),
+    ("overhead.py", ("--d-model", "32", "--layers", "1", "--length", "16", "--batch", "4",
+                     "--blocks", "2", "--block", "3"),
+     ["hand-written optax", "make_step sum", "make_step agg(1)"]),
 ])
 def test_benchmark_ways_agree(script, args, ways):
     rows = run(script, *args)
@@ -49,3 +52,20 @@ def test_benchmark_ways_agree(script, args, ways):
         *timings, max_dp = rows[way]
         assert all(t > 0 for t in timings), (way, timings)
         assert max_dp < 1e-5, (way, max_dp)
+
+
+def test_scaling_benchmark_shows_fsdp_dividing_the_bytes():
+    out = subprocess.run([sys.executable, str(BENCHMARKS / "scaling.py"), "--devices", "1", "2",
+                          "--blocks", "1", "--d-model", "32", "--layers", "1"], cwd=BENCHMARKS,
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr
+    rows = [line.split() for line in out.stdout.splitlines()
+            if line.startswith(("data-parallel", "fsdp"))]
+    table = {(r[0], int(r[1])): [float(x) for x in r[2:]] for r in rows}
+    assert sorted(table) == [("data-parallel", 1), ("data-parallel", 2), ("fsdp", 1),
+                             ("fsdp", 2)]
+    # columns: ms/step, x 1 device, param MB, opt MB, temp MB, max|dp|
+    assert table["data-parallel", 2][2] == table["data-parallel", 1][2]
+    assert table["fsdp", 2][2] < 0.6 * table["fsdp", 1][2]  # halved, but for the norms
+    assert table["fsdp", 2][3] < 0.6 * table["fsdp", 1][3]
+    assert all(row[-1] < 1e-5 for row in table.values())

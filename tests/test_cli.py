@@ -48,3 +48,15 @@ def test_docs_catalog_page_is_current():
     import pathlib
     page = (pathlib.Path(__file__).parents[1] / "docs" / "catalog.md").read_text()
     assert page == catalog.page(), "regenerate with: jaxreg list --page > docs/catalog.md"
+
+
+def test_bench_command_writes_a_markdown_page(tmp_path, capsys):
+    page = tmp_path / "bench.md"
+    code = cli.main(["bench", "overhead", "--out", str(page), "--", "--d-model", "32",
+                     "--layers", "1", "--length", "16", "--batch", "4", "--blocks", "2",
+                     "--block", "2"])
+    assert code == 0
+    text = page.read_text()
+    assert "## `benchmarks/overhead.py`" in text and "make_step agg(1)" in text
+    assert cli.main(["bench", "speed"]) == 2
+    assert "unknown benchmark(s) ['speed']" in capsys.readouterr().err

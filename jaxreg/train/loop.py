@@ -184,8 +184,9 @@ def fit(step: Callable[[TrainState, dict], tuple[TrainState, dict]], state: Trai
                     if on_row is not None:
                         on_row(row, seconds)
                     clock = time.perf_counter()
-                    bar.set_postfix({k.split("/")[-1]: f"{v:.4g}" for k, v in row.items()
-                                     if k.startswith(("train/loss", "eval/"))})
+                    bar.set_postfix({k.replace("train/", "train_").removeprefix("eval/"):
+                                     f"{v:.4g}" for k, v in row.items()
+                                     if k == "train/loss" or k.startswith("eval/")})
                 if checkpointer is not None and now % checkpoint_every == 0:
                     save(now)
                     if now % interval == 0:
