@@ -4,11 +4,14 @@ import re
 README = pathlib.Path(__file__).parents[1] / "README.md"
 
 
-def test_readme_example_runs():
+def test_readme_examples_run():
     text = README.read_text()
-    (code,) = re.findall(r"```python\n(.*?)```", text, re.S)
+    example, scale = re.findall(r"```python\n(.*?)```", text, re.S)
     namespace = {}
-    exec(compile(code.replace("epochs=5", "epochs=1"), "README.md", "exec"), namespace)
+    for code in (example, scale):  # the second continues the first
+        exec(compile(code.replace("epochs=5", "epochs=1"), "README.md", "exec"), namespace)
+    assert [row["step"] for row in namespace["history"]] == [22]
+    assert int(namespace["state"].step) == 22  # fit counts the example's step as its first
     rows = namespace["result"].summary("train/loss")
     assert len(rows) == 6 and {r["q"] for r in rows} == {0.3, 0.7, 1.0}
     assert float(namespace["metrics"]["gce"]) > 0

@@ -34,6 +34,7 @@ import os
 import time
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from jaxreg.experiments import config as config_lib
 from jaxreg.experiments.configs.pretrain import get_config
@@ -244,6 +245,19 @@ def run_pretraining(config, out_dir: str, progress: bool) -> dict:
           f"attention 6LTd = {flops.attention:,}) / ({devices} devices x "
           f"{peak / 1e9:.1f} GFLOP/s: {peak_source})")
     timings = []
+
+    def log(row, seconds):
+        """One line per row: losses, perplexity, and this interval's tokens/s and MFU (the
+        first interval's time includes compilation)."""
+        steps = row["step"] - (timings[-1][0] if timings else int(row["step"] - t.log_every))
+        rate = tokens_per_step * steps / seconds
+        timings.append((row["step"], seconds))
+        row_mfu = rate * flops.total / (devices * peak)
+        tqdm.write(f"step {row['step']:>6}: train {row['train/cross_entropy']:.3f}, validation "
+                   f"{row['eval/loss']:.3f} nats/byte (perplexity {math.exp(row['eval/loss']):.2f}"
+                   f"), log Z {row['eval/log_z']:.2f}; {rate:,.0f} tokens/s, MFU "
+                   f"{100 * row_mfu:.1f} %")
+
     config_lib.save(config, out_dir)
     state, history = train.fit(
         step, state, train_set, epochs=math.ceil(t.steps / per_epoch), max_steps=t.steps,
@@ -251,7 +265,7 @@ def run_pretraining(config, out_dir: str, progress: bool) -> dict:
         out_dir=out_dir, checkpoint_every=t.checkpoint_every or None,
         async_checkpoints=t.async_checkpoints, config=config.to_dict(), log_every=t.log_every,
         sharding=plan, progress=progress,
-        on_row=lambda row, seconds: timings.append((row["step"], seconds)))
+        on_row=log)
     final = _to_floats(evaluate_params(state.params))
     step_seconds = steady_step_seconds(timings)
     tokens_per_second = tokens_per_step / step_seconds
