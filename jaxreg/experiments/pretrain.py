@@ -327,7 +327,7 @@ def report(config, p: dict, claim: Claim) -> str:
         ["unigram cross-entropy", f"{p['unigram_cross_entropy']:.3f} nats/byte (train bytes' "
                                   f"own entropy {p['unigram_entropy_train']:.3f})"],
         ["last train loss", f"{p['history'][-1].get('train/cross_entropy', float('nan')):.3f}"],
-        ["validation log Z", f"mean {f['log_z']:.3f}, mean |log Z| {f['abs_log_z']:.3f}"],
+        ["validation log Z", f"mean {f['log_z']:.3f}, mean \\|log Z\\| {f['abs_log_z']:.3f}"],
         ["throughput", f"{p['tokens_per_second']:,.0f} tokens/s "
                        f"({1 / p['step_seconds']:.2f} steps/s, compilation excluded)"],
         ["MFU", f"{100 * p['mfu']:.1f} % of {p['devices']} x "

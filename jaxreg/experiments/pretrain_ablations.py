@@ -146,7 +146,7 @@ def run_ablations(config, out_dir: str, progress: bool) -> dict:
 
 def report(config, lrs, zs, final, abs_log_z, sensitivity, l0, seconds, claims) -> str:
     header = ["z-loss", "decay"] + [f"loss @ lr {lr:g}" for lr in lrs] + [
-        "|log Z| @ max lr", "LR sensitivity"]
+        "\\|log Z\\| @ max lr", "LR sensitivity"]
     rows = []
     for zi, z in enumerate(zs):
         for ci, coupling in enumerate(COUPLINGS):
