@@ -4,9 +4,12 @@ Every penalty takes ``apply_fn(params, inputs) -> logits [B, K]`` (typically the
 applied to features, as DomainBed does), integer ``labels [B]`` and integer ``environments [B]``
 (environment ids in ``[0, num_environments)``; ``num_environments`` is a static keyword, so the
 function jits). The risk of environment ``e`` is the mean softmax cross-entropy over its examples,
-``R_e = (1/n_e) sum_{i in e} l_i``. Environments with no example in the batch are left out of
-every average (ids out of range cannot be checked at trace time and are ignored). Every penalty is
-returned already multiplied by ``strength``.
+``R_e = (1/n_e) sum_{i in e} l_i``. Labels follow the rule of ``jaxreg.losses``: concrete labels
+outside ``[0, K)`` raise a ``ValueError`` naming ``labels``; traced ones give a NaN loss (so a
+NaN penalty), never a finite value. A concrete ``strength`` (and Hessian alignment's ``alpha``,
+``beta``) must be ``>= 0``; traced values are not checked. Environments with no example in the
+batch are left out of every average (ids out of range cannot be checked at trace time and are
+ignored). Every penalty is returned already multiplied by ``strength``.
 
 * IRMv1 (Arjovsky et al., "Invariant Risk Minimization", 2019, arXiv:1907.02893, Eq. IRMv1):
   ``mean_e (d/dw R_e(w * logits) |_{w=1})^2``, the squared gradient of each environment's risk
@@ -53,7 +56,7 @@ import jax
 import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
-from jaxreg._validate import logits_and_labels
+from jaxreg._validate import check_strength, class_labels, logits_and_labels, nonnegative
 
 
 def _float_params(params):
@@ -117,8 +120,9 @@ def _losses_fn(apply_fn, inputs, labels):
     def losses(params):
         logits, checked = logits_and_labels(apply_fn(params, inputs), labels,
                                             logits_name="apply_fn(params, inputs)")
-        return -jnp.take_along_axis(jax.nn.log_softmax(logits, axis=-1), checked[:, None],
-                                    axis=-1)[:, 0]
+        safe, mask = class_labels(checked, logits.shape[-1])
+        return mask.apply(-jnp.take_along_axis(jax.nn.log_softmax(logits, axis=-1),
+                                               safe[:, None], axis=-1)[:, 0])
     return losses
 
 
@@ -140,13 +144,15 @@ def irm_penalty(apply_fn, params, inputs, labels, environments, *, num_environme
     Returns:
       The scalar penalty.
     """
+    check_strength(strength)
     weights, present = _environment_weights(labels, environments, num_environments)
     logits, labels = logits_and_labels(apply_fn(_float_params(params), _float_inputs(inputs)),
                                        labels, logits_name="apply_fn(params, inputs)")
+    labels, mask = class_labels(labels, logits.shape[-1])
 
     def losses(scale):
         log_p = jax.nn.log_softmax(scale * logits, axis=-1)
-        return -jnp.take_along_axis(log_p, labels[:, None], axis=-1)[:, 0]
+        return mask.apply(-jnp.take_along_axis(log_p, labels[:, None], axis=-1)[:, 0])
 
     # d l_i / dw at w = 1 for every example, in one forward-mode pass.
     _, per_example = jax.jvp(losses, (jnp.float32(1.0),), (jnp.float32(1.0),))
@@ -183,6 +189,7 @@ def vrex_penalty(apply_fn, params, inputs, labels, environments, *, num_environm
     Returns:
       The scalar penalty.
     """
+    check_strength(strength)
     weights, present = _environment_weights(labels, environments, num_environments)
     risks = weights @ _losses_fn(apply_fn, _float_inputs(inputs), labels)(_float_params(params))
     mean = _mean_over_present(risks, present)
@@ -211,9 +218,14 @@ def fishr_penalty(apply_fn, params, inputs, labels, environments, *, num_environ
     Returns:
       The scalar penalty.
     """
+    check_strength(strength)
     weights, present = _environment_weights(labels, environments, num_environments)
     params = _float_params(params)
     inputs = _float_inputs(inputs)
+    # The per-example losses see traced labels (vmap): check concrete ones here, against the
+    # number of classes of the logits' shape (no computation).
+    num_classes = jax.eval_shape(apply_fn, params, inputs).shape[-1]
+    class_labels(jnp.asarray(labels), num_classes)
 
     def example_loss(p, x, y):
         x = jax.tree.map(lambda leaf: leaf[None], x)
@@ -260,6 +272,9 @@ def hessian_alignment(apply_fn, params, inputs, labels, environments, key=None, 
     Returns:
       The scalar penalty.
     """
+    check_strength(strength)
+    nonnegative(alpha, "alpha")
+    nonnegative(beta, "beta")
     if estimator not in ("hgp", "hutchinson"):
         raise ValueError(f"`estimator` must be 'hgp' or 'hutchinson', got {estimator!r}.")
     if estimator == "hutchinson" and key is None:

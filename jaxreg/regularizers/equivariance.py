@@ -26,6 +26,9 @@ Departures: the reference's alternative ``logmse`` and cosine losses and its aut
 rescaling of the coefficients during training (``--auto_equiv``) are not provided; the
 projectors are built once, outside ``jit``, and passed in (EMLP's lazy Krylov solver for
 large representations is not reproduced: the dense SVD needs ``(in*out)^2`` memory).
+
+A concrete ``strength`` (scalar or per group) must be ``>= 0`` (``ValueError`` naming it); a
+traced one is not checked.
 """
 
 from __future__ import annotations
@@ -123,6 +126,7 @@ def soft_equivariance(params, projectors, *, strength=1.0) -> jax.Array:
     Returns:
         The penalty, a scalar (float32).
     """
+    _validate.check_strength(strength)
     strength = _validate.float_array(strength, "strength")
     if strength.ndim > 1:
         raise ValueError(f"`strength` must be a scalar or one value per group, got shape "

@@ -46,6 +46,10 @@ The paper reads the strength off such a curve; the interpolation rule is ours.
 
 Distances use a safe square root: coincident points (the diagonal, tied scores) are at distance
 zero with a zero (finite) gradient.
+
+Hyperparameters given as concrete numbers are checked at call time, naming them: ``strength >=
+0``, JdCov's ``c > 0``, the JSD ``bandwidth > 0``; traced values are not checked. Concrete
+``groups`` outside ``[0, num_groups)`` raise a ``ValueError`` naming ``groups``.
 """
 
 from __future__ import annotations
@@ -53,7 +57,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from jaxreg._validate import float_array
+from jaxreg._validate import check_strength, class_labels, float_array, positive
 
 
 def _real_samples(x, name: str):
@@ -132,6 +136,7 @@ def distance_covariance(x, y, *, strength=1.0, unbiased: bool = False):
     Returns:
       The scalar penalty.
     """
+    check_strength(strength)
     x, y = _pair(x, y, unbiased, "x", "y")
     return strength * _dcov(x, y, unbiased)
 
@@ -226,6 +231,7 @@ def per_attribute_distance_covariance(outputs, attributes, *, strength=1.0,
     Returns:
       The scalar penalty.
     """
+    check_strength(strength)
     outputs, blocks = _outputs_and_attributes(outputs, attributes, categories, unbiased)
     return strength * sum(_dcov(outputs, block, unbiased) for block in blocks)
 
@@ -245,6 +251,7 @@ def concatenated_distance_covariance(outputs, attributes, *, strength=1.0,
     Returns:
       The scalar penalty.
     """
+    check_strength(strength)
     outputs, blocks = _outputs_and_attributes(outputs, attributes, categories, unbiased)
     return strength * _dcov(outputs, jnp.concatenate(blocks, axis=1), unbiased)
 
@@ -270,6 +277,8 @@ def joint_distance_covariance(outputs, attributes, *, strength=1.0, c=1.0,
     Returns:
       The scalar penalty.
     """
+    check_strength(strength)
+    positive(c, "c")
     outputs, blocks = _outputs_and_attributes(outputs, attributes, categories, unbiased)
     variables = [outputs, *blocks]
     product = 1.0
@@ -315,6 +324,8 @@ def jensen_shannon_divergence(scores, groups, *, num_groups: int, bandwidth=0.15
                          f"{groups.shape}.")
     if weights not in ("proportion", "equal"):
         raise ValueError(f"`weights` must be 'proportion' or 'equal', got {weights!r}.")
+    positive(bandwidth, "bandwidth")
+    class_labels(groups, num_groups, labels_name="groups")  # raises for concrete codes only
     grid = jnp.linspace(jnp.min(scores), jnp.max(scores), num_points)
     kernel = jnp.exp(-0.5 * jnp.square((grid[None, :] - scores[:, None]) / bandwidth))
     members = jax.nn.one_hot(groups, num_groups, dtype=scores.dtype)  # [n, G]

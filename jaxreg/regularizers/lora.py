@@ -36,6 +36,9 @@ penalize the products ``dW_i = A_i B_i`` rather than ``A_i`` alone. At the usual
 initialization (``B = 0``) the penalty and its gradient are zero (the derivative of ``|x|``
 at 0 is taken as 0, as in PyTorch); the penalty acts once ``B`` moves. Which layers get LoRA
 (the reference: query and value projections) is the caller's choice of leaves.
+
+Concrete ``strength``, ``preserve`` and ``diversify`` must be ``>= 0`` (``ValueError`` naming
+the argument); traced values are not checked.
 """
 
 from __future__ import annotations
@@ -46,7 +49,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxreg._validate import float_array
+from jaxreg._validate import check_strength, float_array, nonnegative
 
 
 def _same_structure(tree, reference, name: str, reference_name: str):
@@ -112,6 +115,9 @@ def lora_orthogonality(lora_a, lora_b, pretrained, *, strength: Any = 1e-3,
             ``pretrained``, or a non-scalar hyperparameter; TypeError for non-floating
             leaves.
     """
+    check_strength(strength)
+    nonnegative(preserve, "preserve")
+    nonnegative(diversify, "diversify")
     for name, value in (("strength", strength), ("preserve", preserve),
                         ("diversify", diversify)):
         if jnp.ndim(value) != 0:

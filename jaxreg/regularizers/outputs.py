@@ -23,6 +23,11 @@ logits of magnitude 1e4.
   across temperatures); ``feature_distillation``: ``lambda / 2 * ||f_s - f_t||^2`` per
   example (FitNets' hint loss, Romero et al., arXiv 1412.6550, Eq. 2, the regressor left to
   the model).
+
+Hyperparameters given as concrete numbers are checked against their domains at call time,
+naming them: ``strength >= 0``, flooding's ``level >= 0``, the distillation ``temperature > 0``
+(``ValueError("`level` must be >= 0, got -0.1.")``); traced values (swept by ``jax.vmap``)
+are not checked.
 """
 
 from __future__ import annotations
@@ -33,7 +38,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jaxreg._validate import float_array, same_shape
+from jaxreg._validate import check_strength, float_array, nonnegative, positive, same_shape
 
 
 def _entropy(logits) -> jax.Array:
@@ -52,6 +57,7 @@ def logit_z_loss(logits, *, strength: Any = 1e-4) -> jax.Array:
     Returns:
         ``[...]``.
     """
+    check_strength(strength)
     logits = float_array(logits, "logits", min_ndim=1)
     return strength * jnp.square(jax.nn.logsumexp(logits, axis=-1))
 
@@ -59,6 +65,7 @@ def logit_z_loss(logits, *, strength: Any = 1e-4) -> jax.Array:
 def confidence_penalty(logits, *, strength: Any = 0.1) -> jax.Array:
     """``-strength * H(softmax(logits))`` per example (Pereyra et al., Eq. 2): add it to the
     loss to penalise confident predictions."""
+    check_strength(strength)
     logits = float_array(logits, "logits", min_ndim=1)
     return -strength * _entropy(logits)
 
@@ -66,6 +73,7 @@ def confidence_penalty(logits, *, strength: Any = 0.1) -> jax.Array:
 def entropy_minimization(logits, *, strength: Any = 1.0) -> jax.Array:
     """``strength * H(softmax(logits))`` per example (Grandvalet & Bengio): add it to the loss on
     unlabelled inputs to push decision boundaries away from the data."""
+    check_strength(strength)
     logits = float_array(logits, "logits", min_ndim=1)
     return strength * _entropy(logits)
 
@@ -81,6 +89,7 @@ def flooding(loss, *, level: Any) -> jax.Array:
     Returns:
         The flooded scalar, equal to ``J`` whenever ``J >= level``.
     """
+    nonnegative(level, "level")
     loss = float_array(loss, "loss")
     mean = jnp.mean(loss)
     return jnp.abs(mean - level) + level
@@ -99,6 +108,8 @@ def knowledge_distillation(student, teacher, *, strength: Any = 1.0,
     Returns:
         ``[...]``.
     """
+    check_strength(strength)
+    positive(temperature, "temperature")
     student = float_array(student, "student", min_ndim=1)
     teacher = lax.stop_gradient(float_array(teacher, "teacher", min_ndim=1))
     same_shape(student, teacher, "student", "teacher")
@@ -120,6 +131,7 @@ def feature_distillation(student, teacher, *, strength: Any = 1.0) -> jax.Array:
     Returns:
         ``[B]``.
     """
+    check_strength(strength)
     student = float_array(student, "student", min_ndim=1)
     teacher = lax.stop_gradient(float_array(teacher, "teacher", min_ndim=1))
     same_shape(student, teacher, "student", "teacher")

@@ -66,6 +66,11 @@ squared norms are averaged over the batch.
   ``mixup_criterion`` ``lam CE(y_a) + (1 - lam) CE(y_b)`` equals the cross-entropy against
   the mixed targets returned here. One ``lam`` per example is offered behind
   ``per_example=True``.
+
+Hyperparameters given as concrete numbers are checked at call time, naming them: every
+``strength >= 0``, VAT's ``epsilon >= 0`` and ``xi > 0``; traced values are not checked.
+Integer mixup ``targets`` follow the label rule of ``jaxreg.losses``: concrete ones outside
+``[0, num_classes)`` raise a ``ValueError`` naming ``targets``, traced ones give NaN rows.
 """
 
 from __future__ import annotations
@@ -153,6 +158,9 @@ def virtual_adversarial(apply_fn, params, inputs, key, *, strength=1.0, epsilon=
     Returns:
         ``strength * mean_i KL(p(x_i) || p(x_i + r_adv_i))``, a scalar.
     """
+    _validate.check_strength(strength)
+    _validate.nonnegative(epsilon, "epsilon")
+    _validate.positive(xi, "xi")
     num_power_iterations = _count(num_power_iterations, "num_power_iterations", 0)
     params = _float_params(params)
     inputs = _batch(inputs, "inputs")
@@ -213,6 +221,7 @@ def input_gradient_penalty(apply_fn, params, inputs, *, strength=1.0,
     Returns:
         The penalty, a scalar.
     """
+    _validate.check_strength(strength)
     strength = _scalar(strength, "strength")
     norms = _input_gradient_norms(apply_fn, params, inputs, output_fn, "inputs")
     return strength * jnp.mean(norms)
@@ -239,6 +248,7 @@ def jacobian_penalty(apply_fn, params, inputs, key=None, *, strength=1.0,
     Returns:
         The penalty, a scalar.
     """
+    _validate.check_strength(strength)
     num_projections = _count(num_projections, "num_projections", 1)
     params = _float_params(params)
     inputs = _batch(inputs, "inputs")
@@ -277,6 +287,7 @@ def r1_penalty(apply_fn, params, real_inputs, *, strength=1.0) -> jax.Array:
     Returns:
         The penalty, a scalar.
     """
+    _validate.check_strength(strength)
     strength = _scalar(strength, "strength")
     norms = _input_gradient_norms(apply_fn, params, real_inputs, None, "real_inputs")
     return strength / 2 * jnp.mean(norms)
@@ -295,6 +306,7 @@ def r2_penalty(apply_fn, params, fake_inputs, *, strength=1.0) -> jax.Array:
     Returns:
         The penalty, a scalar.
     """
+    _validate.check_strength(strength)
     strength = _scalar(strength, "strength")
     norms = _input_gradient_norms(apply_fn, params, fake_inputs, None, "fake_inputs")
     return strength / 2 * jnp.mean(norms)
@@ -316,6 +328,7 @@ def hessian_trace_penalty(loss_fn, params, key, *, strength=1.0,
     Returns:
         The penalty, a scalar (unbiased for ``strength * tr(H)``).
     """
+    _validate.check_strength(strength)
     num_samples = _count(num_samples, "num_samples", 1)
     strength = _scalar(strength, "strength")
     params = _float_params(params)
@@ -351,7 +364,9 @@ def mixup(inputs, targets, key, *, alpha=1.0, num_classes: int | None = None,
         if targets.shape != (batch,):
             raise ValueError(f"integer `targets` must have shape ({batch},), got "
                              f"{targets.shape}.")
-        targets = jax.nn.one_hot(targets, num_classes, dtype=inputs.dtype)
+        safe, mask = _validate.class_labels(targets, num_classes, labels_name="targets")
+        targets = jnp.where(mask.in_range[:, None],
+                            jax.nn.one_hot(safe, num_classes, dtype=inputs.dtype), jnp.nan)
     else:
         targets = _validate.float_array(targets, "targets", min_ndim=2)
         if targets.shape[0] != batch:

@@ -18,6 +18,9 @@ function, because importing ``ott.neural`` also needs diffrax.
 
 ott-jax is an optional extra (``pip install jaxreg[transport]``); it is imported when
 ``monge_gap`` is called, so jaxreg imports without it.
+
+A concrete ``strength`` must be ``>= 0`` and a concrete ``epsilon`` ``> 0`` (``ValueError``
+naming the argument); traced values are not checked.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from jaxreg._validate import float_array, same_shape
+from jaxreg._validate import check_strength, float_array, positive, same_shape
 
 
 def _ott():
@@ -55,6 +58,8 @@ def monge_gap(source, mapped, *, strength=1.0, epsilon=None, cost=None, **solver
     Returns:
       The scalar penalty.
     """
+    check_strength(strength)
+    positive(epsilon, "epsilon")  # None (ott's default) passes
     costs, pointcloud, linear = _ott()
     source = float_array(source, "source")
     mapped = float_array(mapped, "mapped")

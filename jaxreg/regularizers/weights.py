@@ -4,7 +4,8 @@ Every penalty is ``strength * R(params)``, a scalar, summed over the leaves chos
 (default: kernels only, the leaves with at least two dimensions; biases and normalisation
 scales are never penalised unless asked). ``mask`` may be a pytree of booleans shaped like the
 parameters or a function of the parameters returning one. ``strength`` and every numeric
-hyperparameter may be traced (swept by ``jax.vmap``).
+hyperparameter may be traced (swept by ``jax.vmap``); a concrete ``strength`` must be ``>= 0``
+(``ValueError("`strength` must be >= 0, got -1.0.")``), a traced one is not checked.
 
 - ``l1``: ``lambda * sum |w|``.
 - ``l2``: ``lambda / 2 * sum w^2``. The factor 1/2 makes its gradient ``lambda * w``, the
@@ -45,7 +46,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jaxreg._validate import float_array, leaf_mask, tree_like
+from jaxreg._validate import check_strength, float_array, leaf_mask, tree_like
 
 
 def _chosen_leaves(params, mask) -> list[jax.Array]:
@@ -74,17 +75,20 @@ def l1(params, *, strength: Any = 1.0, mask: Any = None) -> jax.Array:
         strength: lambda.
         mask: which leaves (default: kernels only); a pytree of booleans or a function.
     """
+    check_strength(strength)
     return strength * _total(jnp.sum(jnp.abs(p)) for p in _chosen_leaves(params, mask))
 
 
 def l2(params, *, strength: Any = 1.0, mask: Any = None) -> jax.Array:
     """``strength / 2 * sum w^2`` over the masked leaves (gradient ``strength * w``)."""
+    check_strength(strength)
     return 0.5 * strength * _total(jnp.sum(jnp.square(p)) for p in _chosen_leaves(params, mask))
 
 
 def group_lasso(params, *, strength: Any = 1.0, mask: Any = None, axis: int = -1) -> jax.Array:
     """``strength * sum_g ||w_g||_2``, one group per slice along ``axis`` of each masked leaf
     (a one-dimensional leaf is a single group)."""
+    check_strength(strength)
     def groups(p):
         if p.ndim < 2:
             return _safe_norm(p)
@@ -139,6 +143,7 @@ def orthogonality(params, *, strength: Any = 1.0, mask: Any = None, stride: int 
         stride: the convolutions' stride ``S`` (a Python int, the same for every kernel;
             call once per stride with a mask when they differ).
     """
+    check_strength(strength)
     if not isinstance(stride, int) or stride < 1:
         raise ValueError(f"`stride` must be a positive int, got {stride!r}.")
 
@@ -177,6 +182,7 @@ def spectral_norm(params, *, strength: Any = 1.0, mask: Any = None,
                   num_iterations: int = 20) -> jax.Array:
     """``strength / 2 * sum_l sigma(W_l)^2`` over the masked kernels (Yoshida & Miyato,
     Eq. 6); convolution kernels flattened to ``[prod(spatial) * in, out]``."""
+    check_strength(strength)
     return 0.5 * strength * _total(
         jnp.square(top_singular_value(p, num_iterations=num_iterations))
         for p in _chosen_leaves(params, mask))
@@ -201,6 +207,7 @@ def l2_to_anchor(params, anchor, *, strength: Any = 1.0, mask: Any = None) -> ja
         strength: lambda (alpha in L2-SP).
         mask: which leaves (default: kernels only).
     """
+    check_strength(strength)
     return 0.5 * strength * _total(
         jnp.sum(jnp.square(p - a)) for p, a in _aligned(params, mask, anchor=anchor))
 
@@ -217,6 +224,7 @@ def ewc(params, anchor, fisher, *, strength: Any = 1.0, mask: Any = None) -> jax
         strength: lambda.
         mask: which leaves (default: kernels only).
     """
+    check_strength(strength)
     return 0.5 * strength * _total(
         jnp.sum(f * jnp.square(p - a))
         for p, a, f in _aligned(params, mask, anchor=anchor, fisher=fisher))

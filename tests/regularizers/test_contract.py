@@ -167,8 +167,11 @@ def test_vmap_over_each_hyperparameter(entry):
         swept = jax.jit(jax.vmap(lambda v: _value(entry, args, kwargs, **{name: v})))(
             jnp.asarray(values, jnp.float32))
         for i, v in enumerate(values):
+            # VAT's finite difference amplifies float32 rounding, which vmap and a loop
+            # order differently (by 5e-5 relative with jax 0.12)
             np.testing.assert_allclose(swept[i], _value(entry, args, kwargs, **{name: v}),
-                                       rtol=2e-5, atol=1e-6,
+                                       rtol=1e-4 if entry.name == "virtual_adversarial"
+                                       else 2e-5, atol=1e-6,
                                        err_msg=f"{entry.name}: {name}={v}")
         assert not (swept[0] == swept[1] == swept[2]), (
             f"{entry.name}: hyperparameter {name} has no effect")
@@ -244,3 +247,26 @@ def test_functional_regularizer_names_a_malformed_parameter_tree(entry):
     bad = {**params, "hidden": {"kernel": params["hidden"]["kernel"].astype(jnp.int32)}}
     with pytest.raises(TypeError, match="`params`"):
         entry.fn(args[0], bad, *args[2:], **kwargs, **_hparams(entry))
+
+
+STRENGTH = [e for e in ENTRIES if "strength" in e.hparams]
+
+
+@pytest.mark.parametrize("entry", STRENGTH, ids=[e.name for e in STRENGTH])
+def test_negative_strength_is_named(entry):
+    """A concrete negative ``strength`` is refused before any computation (the shared check
+    ``_validate.check_strength``); a traced one is not checked, so ``vmap`` sweeps still run."""
+    _, args, kwargs = _inputs(entry, jax.random.PRNGKey(7))
+    for bad in (-1.0, -1e-3, jnp.float32(-0.5), float("nan")):
+        with pytest.raises(ValueError, match=r"`strength` must be >= 0, got "):
+            _value(entry, args, kwargs, strength=bad)
+    diff = [i for i, a in enumerate(args) if callable(a)]
+
+    def call(strength, *rest):
+        it = iter(rest)
+        full = [args[i] if i in diff else next(it) for i in range(len(args))]
+        return _value(entry, full, kwargs, strength=strength)
+
+    traced = jax.jit(call)(jnp.float32(-1.0), *[a for i, a in enumerate(args) if i not in diff])
+    np.testing.assert_allclose(traced, -_value(entry, args, kwargs, strength=1.0), rtol=1e-5,
+                               atol=1e-7)
