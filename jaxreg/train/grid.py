@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 from jaxreg.data.pipeline import epoch_indices
 from jaxreg.objective import Objective
 from jaxreg.optim.sharpness import Perturbation
+from jaxreg.train.loop import _check_batch_size, _check_positive_int, _num_examples
 from jaxreg.train.sharding import ShardingPlan, data_parallel
 from jaxreg.train.state import TrainState, init_state
 from jaxreg.train.step import make_step
@@ -125,7 +126,8 @@ def grid(objective: Objective, optimizer: optax.GradientTransformation,
          perturbation: Perturbation | None = None,
          steps_per_epoch: int | None = None,
          on_epoch: Callable[[int, dict[str, np.ndarray]], None] | None = None,
-         progress: bool = True, desc: str = "grid") -> GridResult:
+         progress: bool = True, desc: str = "grid", skip_nonfinite: bool = False
+         ) -> GridResult:
     """Trains every (configuration, seed) pair as one vmapped program.
 
     Args:
@@ -138,7 +140,8 @@ def grid(objective: Objective, optimizer: optax.GradientTransformation,
             ``product`` for a Cartesian grid.
         seeds: S integer seeds; each fixes the initial parameters, the batch order and the
             step keys of its members.
-        epochs, batch_size: the schedule (the last partial batch of an epoch is dropped).
+        epochs, batch_size: the schedule, positive integers with ``batch_size <= N`` (the
+            last partial batch of an epoch is dropped).
         evaluate: ``evaluate(state, data) -> {name: scalar}``, jittable, run after each epoch
             on each member (``data`` is that member's training data, seed data included).
         seed_data: name -> array [S, N, ...], per-seed training arrays (noisy labels drawn
@@ -166,14 +169,24 @@ def grid(objective: Objective, optimizer: optax.GradientTransformation,
         on_epoch: ``on_epoch(epoch, metrics)`` after each epoch, with that epoch's metrics as
             host arrays [K, S] (for logging, early inspection or timing).
         progress: show a progress bar over epochs.
+        skip_nonfinite: members skip the updates whose loss, terms or gradients are not
+            finite, as ``make_step(..., skip_nonfinite=True)``; ``train/skipped`` is then the
+            fraction of each epoch's steps skipped. Off, a NaN stays in that member's
+            history and parameters (the other members are unaffected).
+
+    Raises:
+        ValueError: naming the argument, for an empty or ragged ``train_data``, ``epochs``
+            or ``batch_size`` out of range, and the other mismatches above.
     """
     configs = _configs(hparams)
     seeds = [int(s) for s in seeds]
     if not seeds:
         raise ValueError("`seeds` is empty")
+    _check_positive_int("epochs", epochs)
     train_data = {k: jnp.asarray(v) for k, v in train_data.items()}
     seed_data = {k: jnp.asarray(v) for k, v in (seed_data or {}).items()}
-    n = len(next(iter(train_data.values())))
+    n = _num_examples(train_data)
+    _check_batch_size(batch_size, n)
     for name, value in seed_data.items():
         if value.shape[:2] != (len(seeds), n):
             raise ValueError(f"`seed_data[{name!r}]` must have leading shape "
@@ -186,7 +199,8 @@ def grid(objective: Objective, optimizer: optax.GradientTransformation,
     keys = jnp.stack([jax.random.PRNGKey(s) for s in seeds])
     plan = _plan(mesh, sharding, init_params, keys[0])
     step = make_step(objective, optimizer, aggregator=aggregator, representation=representation,
-                     term_order=term_order, perturbation=perturbation, sharding=plan)
+                     term_order=term_order, perturbation=perturbation, sharding=plan,
+                     skip_nonfinite=skip_nonfinite)
 
     def init_member(hp, key, own):
         init_key, train_key = jax.random.split(key)

@@ -11,6 +11,10 @@ reads only its rows of every global batch (``ShardingPlan.process_rows``), from 
 ``jax.make_array_from_process_local_data`` builds the global batch. The batches, the keys and
 so the result are those of the unsharded run; on several hosts, call
 ``jaxreg.train.distributed.initialize`` first and give every process the same arguments.
+
+A run whose training loss or terms turn NaN or inf stops with a ``NonFiniteError`` naming the
+first such step and the terms, before any checkpoint of the damaged state is written (unless
+the step skips such updates: ``make_step(..., skip_nonfinite=True)``).
 """
 
 from __future__ import annotations
@@ -28,13 +32,93 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from jaxreg.data.pipeline import batches, num_batches
-from jaxreg.train.checkpoint import Checkpointer, differences, ensure_writable, layout
+from jaxreg.train.checkpoint import (
+    Checkpointer,
+    CheckpointError,
+    differences,
+    ensure_writable,
+    layout,
+)
 from jaxreg.train.sharding import ShardingPlan, distinct_buffers
 from jaxreg.train.state import TrainState
 
 
+class NonFiniteError(FloatingPointError):
+    """Training produced a NaN or inf loss or term.
+
+    Attributes:
+        step: the first step (counted from 1) whose metrics were not finite.
+        terms: the objective's terms that were not finite at that step (the metrics other
+            than ``loss`` and diagnostics such as ``grad_norm/a``), else the metrics that were.
+    """
+
+    def __init__(self, message: str, *, step: int, terms: list[str]):
+        super().__init__(message)
+        self.step, self.terms = step, terms
+
+
 def _to_float(tree) -> dict[str, float]:
     return {k: float(v) for k, v in jax.device_get(tree).items()}
+
+
+def _check_positive_int(name: str, value, *, optional: bool = False) -> None:
+    """Raises a ``ValueError`` naming ``name`` unless ``value`` is an integer >= 1 (or None,
+    when ``optional``)."""
+    if optional and value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"`{name}` must be a positive integer{' or None' if optional else ''}"
+                         f", got {value!r}")
+
+
+def _num_examples(train_data) -> int:
+    """The training set's size, checked: a non-empty mapping of equal-length arrays with at
+    least one example, or a random-access source."""
+    if isinstance(train_data, Mapping):
+        if not train_data:
+            raise ValueError("`train_data` is an empty mapping: give at least one array")
+        lengths = {k: (np.shape(v)[0] if np.ndim(v) else None) for k, v in train_data.items()}
+        for k, length in lengths.items():
+            if length is None:
+                raise ValueError(f"`train_data[{k!r}]` must have a leading example axis, got "
+                                 "a scalar")
+        if len(set(lengths.values())) != 1:
+            raise ValueError("the arrays of `train_data` must share their leading (example) "
+                             f"axis, got lengths {lengths}")
+        n = next(iter(lengths.values()))
+    elif hasattr(train_data, "__len__") and hasattr(train_data, "__getitems__"):
+        n = len(train_data)
+    else:
+        raise TypeError("`train_data` must be a mapping of arrays or a random-access source "
+                        f"with `__len__` and `__getitems__`, got {type(train_data).__name__}")
+    if n < 1:
+        raise ValueError("`train_data` holds no examples: training needs at least one batch")
+    return n
+
+
+def _check_batch_size(batch_size, n: int) -> None:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or not (
+            1 <= batch_size <= n):
+        raise ValueError(f"`batch_size` must be an integer in [1, {n}] (the examples in "
+                         f"`train_data`), got {batch_size!r}")
+
+
+_RECORD_KEYS = {"run": dict, "layout": dict, "history": list, "sums": dict}
+
+
+@jax.jit
+def _accumulate(pending, metrics):
+    """Adds one step's metrics to the sums since the last transfer, on device; ``first[k]``
+    is the position (from 1) of the first of those steps where metric ``k`` was not finite,
+    0 if none."""
+    bad = {k: ~jnp.all(jnp.isfinite(v)) for k, v in metrics.items()}
+    if pending is None:
+        return {"sums": metrics, "count": jnp.int32(1),
+                "first": {k: jnp.where(b, 1, 0) for k, b in bad.items()}}
+    count = pending["count"] + 1
+    first = {k: jnp.where((f == 0) & bad[k], count, f) for k, f in pending["first"].items()}
+    return {"sums": jax.tree.map(jnp.add, pending["sums"], metrics), "count": count,
+            "first": first}
 
 
 def write_history(history: list[dict[str, Any]], out_dir: str) -> None:
@@ -56,7 +140,8 @@ def fit(step: Callable[[TrainState, dict], tuple[TrainState, dict]], state: Trai
         max_steps: int | None = None, progress: bool = True,
         sharding: ShardingPlan | None = None, async_checkpoints: bool = False,
         log_every: int | None = None,
-        on_row: Callable[[dict[str, Any], float], None] | None = None
+        on_row: Callable[[dict[str, Any], float], None] | None = None,
+        stop_on_nonfinite: bool = True,
         ) -> tuple[TrainState, list[dict[str, Any]]]:
     """Trains ``state`` with ``step`` for ``epochs`` epochs; returns the state and the history.
 
@@ -65,7 +150,8 @@ def fit(step: Callable[[TrainState, dict], tuple[TrainState, dict]], state: Trai
         state: the initial state (ignored in favour of the checkpoint when resuming).
         train_data: a dict of equal-length arrays or a tfds data source; each batch is a dict
             with its ``"index"`` and ``"epoch"``.
-        epochs, batch_size, seed: the schedule; the seed fixes the batch order.
+        epochs, batch_size, seed: the schedule: positive integers (``batch_size`` at most
+            the number of examples) and a non-negative seed, which fixes the batch order.
         evaluate: ``evaluate(state) -> {name: scalar}``, run every ``eval_every`` rows.
         out_dir: where ``history.json``/``history.csv`` and ``checkpoints/`` are written.
         checkpoint_every: save every this many steps (and at the end); resume from the latest
@@ -84,11 +170,30 @@ def fit(step: Callable[[TrainState, dict], tuple[TrainState, dict]], state: Trai
         on_row: ``on_row(row, seconds)`` after each row, with the wall time of its training
             steps (evaluation and checkpoints at row boundaries excluded; the first row's
             includes compilation).
+        stop_on_nonfinite: raise ``NonFiniteError`` when a step's loss or a term is NaN or
+            inf, checked where the metrics leave the device anyway (each row and each
+            checkpoint), so no checkpoint of the damaged state is written. Off by itself when
+            the step skips such updates (its metrics hold ``skipped``).
+
+    Raises:
+        ValueError: naming the argument, for a schedule that is not a positive integer, an
+            empty ``train_data`` or a ``batch_size`` outside ``[1, examples]``.
+        CheckpointError: (a ``ValueError``) naming the path, when the checkpoint to resume
+            from was made by another run, is truncated or unreadable, or is not one of
+            ``fit``'s.
+        NonFiniteError: (a ``FloatingPointError``) naming the first non-finite step and its
+            terms; the history up to the last finite row is written to ``out_dir``.
     """
-    n = len(next(iter(train_data.values()))) if isinstance(train_data, Mapping) else len(train_data)
+    for name, value in (("epochs", epochs), ("eval_every", eval_every)):
+        _check_positive_int(name, value)
+    for name, value in (("checkpoint_every", checkpoint_every), ("max_steps", max_steps),
+                        ("log_every", log_every)):
+        _check_positive_int(name, value, optional=True)
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"`seed` must be a non-negative integer, got {seed!r}")
+    n = _num_examples(train_data)
+    _check_batch_size(batch_size, n)
     per_epoch = num_batches(n, batch_size)
-    if log_every is not None and (not isinstance(log_every, int) or log_every < 1):
-        raise ValueError(f"`log_every` must be a positive integer, got {log_every!r}")
     interval = log_every or per_epoch
     run_config = {"config": dict(config or {}), "batch_size": batch_size, "seed": seed,
                   "num_examples": n, "log_every": interval}
@@ -112,18 +217,12 @@ def fit(step: Callable[[TrainState, dict], tuple[TrainState, dict]], state: Trai
             raise ValueError("`checkpoint_every` needs an `out_dir` to write checkpoints to")
         checkpointer = Checkpointer(os.path.join(out_dir, "checkpoints"),
                                     async_save=async_checkpoints)
-        if checkpointer.latest_step() is not None:
-            record = checkpointer.read_record()
-            problems = (differences(record["run"], json.loads(json.dumps(run_config)))
-                        + differences(record["layout"], layout(state)))
-            if problems:
-                checkpointer.close()
-                raise ValueError(
-                    f"refusing to resume from {checkpointer.directory}: it was made by a "
-                    "different run:\n  " + "\n  ".join(problems)
-                    + "\nUse another `out_dir`, or delete the checkpoints to start afresh.")
-            state, record = checkpointer.restore(state)
-            history, sums = record["history"], record["sums"]
+        try:
+            if checkpointer.latest_step() is not None:
+                state, history, sums = _resume(checkpointer, state, run_config)
+        except BaseException:
+            checkpointer.close()
+            raise
 
     jitted = None
     total = epochs * per_epoch if max_steps is None else min(max_steps, epochs * per_epoch)
@@ -134,10 +233,26 @@ def fit(step: Callable[[TrainState, dict], tuple[TrainState, dict]], state: Trai
     pending, pending_count = None, 0  # metric sums still on the device since the last fold
 
     def fold():
-        """Adds the device-side sums into ``sums`` (host floats): one transfer."""
+        """Adds the device-side sums into ``sums`` (host floats): one transfer. Raises
+        ``NonFiniteError`` if a step since the last fold had a non-finite metric."""
         nonlocal pending, pending_count
         if pending_count:
-            for k, v in _to_float(pending).items():
+            host = jax.device_get(pending)
+            values = {k: float(v) for k, v in host["sums"].items()}
+            first = {k: int(v) for k, v in host["first"].items() if int(v)}
+            if stop_on_nonfinite and "skipped" not in values and first:
+                at = min(first.values())
+                bad = [k for k, v in first.items() if v == at]
+                # the objective's terms, not the loss or diagnostics such as ``cos/a,b``
+                terms = [k for k in bad if k != "loss" and "/" not in k] or bad
+                at += now - pending_count
+                raise NonFiniteError(
+                    f"training went non-finite at step {at}: {', '.join(terms)} "
+                    f"{'is' if len(terms) == 1 else 'are'} NaN or inf. The checkpoints and "
+                    "history rows before it are kept. Skip such steps with "
+                    "make_step(..., skip_nonfinite=True), or pass stop_on_nonfinite=False "
+                    "to go on.", step=at, terms=terms)
+            for k, v in values.items():
                 sums[k] = sums.get(k, 0.0) + v
             sums["_count"] = sums.get("_count", 0.0) + pending_count
         pending, pending_count = None, 0
@@ -167,7 +282,7 @@ def fit(step: Callable[[TrainState, dict], tuple[TrainState, dict]], state: Trai
                               else sharding.jit_step(step, state, batch))
                 state, metrics = jitted(state, batch)
                 now += 1
-                pending = metrics if pending is None else jax.tree.map(jnp.add, pending, metrics)
+                pending = _accumulate(pending, metrics)  # one dispatch, no transfer
                 pending_count += 1
                 bar.update(1)
                 last = now == epochs * per_epoch  # a last, shorter interval gets a row too
@@ -193,6 +308,10 @@ def fit(step: Callable[[TrainState, dict], tuple[TrainState, dict]], state: Trai
                         clock = time.perf_counter()  # a row's time leaves its saving out
         if checkpointer is not None and checkpointer.latest_step() != now:
             save(now)
+    except NonFiniteError:
+        if out_dir is not None:
+            write_history(history, out_dir)
+        raise
     finally:
         bar.close()
         if checkpointer is not None:
@@ -200,3 +319,28 @@ def fit(step: Callable[[TrainState, dict], tuple[TrainState, dict]], state: Trai
     if out_dir is not None:
         write_history(history, out_dir)
     return state, history
+
+
+def _resume(checkpointer: Checkpointer, state: TrainState, run_config: dict):
+    """The state, history and running sums of the latest checkpoint, after checking that it
+    is one of ``fit``'s, of this run, and readable."""
+    step = checkpointer.latest_step()
+    where = checkpointer.step_directory(step)
+    record = checkpointer.read_record(step)
+    problems = [f"`{key}` is missing" if key not in record else
+                f"`{key}` is a {type(record[key]).__name__}, expected a {kind.__name__}"
+                for key, kind in _RECORD_KEYS.items()
+                if not isinstance(record.get(key), kind)]
+    if problems:
+        raise CheckpointError(
+            f"refusing to resume from {where}: its record is not one written by `fit` ("
+            + "; ".join(problems) + "). Use another `out_dir`, or move the checkpoints away.")
+    problems = (differences(record["run"], json.loads(json.dumps(run_config)))
+                + differences(record["layout"], layout(state)))
+    if problems:
+        raise CheckpointError(
+            f"refusing to resume from {checkpointer.directory}: it was made by a "
+            "different run:\n  " + "\n  ".join(problems)
+            + "\nUse another `out_dir`, or delete the checkpoints to start afresh.")
+    state, record = checkpointer.restore(state, step=step)
+    return state, record["history"], record["sums"]

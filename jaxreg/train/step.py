@@ -14,6 +14,9 @@ With ``sharding=`` (a ``jaxreg.train.sharding.ShardingPlan``) the step constrain
 to its data-parallel sharding and the gradients (or the per-term Jacobian) and the new
 parameters to the parameters' shardings, so XLA reduce-scatters gradients instead of
 gathering them; jit it with the plan's in/out shardings (``fit`` and ``grid`` do).
+With ``skip_nonfinite=True`` a step whose loss, terms, gradients or update hold a NaN or an
+inf leaves the parameters, optimizer state and per-example state as they were (one bad batch
+does not poison the run) and reports ``skipped`` = 1.
 """
 
 from __future__ import annotations
@@ -47,6 +50,24 @@ def _scatter_rows(state: TrainState, batch: dict, new_rows):
                         state.example_state, new_rows)
 
 
+def _check_batch(batch) -> None:
+    """Trace-time check: every batched array holds at least one example."""
+    for path, leaf in jax.tree_util.tree_flatten_with_path(batch)[0]:
+        shape = jnp.shape(leaf)
+        if shape and shape[0] == 0:
+            raise ValueError(f"`batch{jax.tree_util.keystr(path)}` holds no examples (shape "
+                             f"{shape}): a step needs a batch of at least one example")
+
+
+def _all_finite(*trees) -> jax.Array:
+    """Whether every floating leaf of ``trees`` is free of NaN and inf (a traced bool)."""
+    finite = jnp.bool_(True)
+    for leaf in jax.tree.leaves(trees):
+        if jnp.issubdtype(jnp.result_type(leaf), jnp.inexact):
+            finite = finite & jnp.all(jnp.isfinite(leaf))
+    return finite
+
+
 def _stack(terms, names):
     return jnp.stack([terms[n] for n in names])
 
@@ -70,6 +91,7 @@ def make_step(objective: objective_lib.Objective, optimizer: optax.GradientTrans
               term_order: Sequence[str] | None = None,
               perturbation: Perturbation | None = None,
               sharding: ShardingPlan | None = None,
+              skip_nonfinite: bool = False,
               ) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
     """Returns ``step(state, batch) -> (state, metrics)``, pure and jit/vmap-safe.
 
@@ -105,6 +127,11 @@ def make_step(objective: objective_lib.Objective, optimizer: optax.GradientTrans
         sharding: a ``jaxreg.train.sharding.ShardingPlan``: the batch, the gradients and the
             parameters are constrained to its shardings inside the step (the values are
             those of the unsharded step).
+        skip_nonfinite: when the loss, a term, a gradient or the update holds a NaN or an
+            inf, keep the parameters, the optimizer state and the per-example state unchanged
+            (the step count and the key still advance) and report ``skipped`` = 1.0 (else
+            0.0), so a bad batch costs one step instead of the run. Decided on device
+            (jit/vmap/grid safe). The step's other metrics are those computed, NaN included.
 
     Returns:
         The step. ``metrics`` holds ``"loss"`` (the sum of the weighted terms) and every
@@ -113,6 +140,11 @@ def make_step(objective: objective_lib.Objective, optimizer: optax.GradientTrans
         perturbation, the terms and ``"loss"`` are those at ``w`` (the per-example state
         too is updated from ``w``), and ``"perturbed_loss"`` and ``"perturbation_norm"``
         (``||delta||``) are added.
+
+    Raises:
+        ValueError: at trace time, when an array of ``batch`` holds no examples (leading
+            axis of length 0), and for the argument combinations above that do not go
+            together.
     """
     if aggregator is None and representation is not None:
         raise ValueError("`representation` needs an `aggregator` to choose the weights")
@@ -129,6 +161,8 @@ def make_step(objective: objective_lib.Objective, optimizer: optax.GradientTrans
     if sharding is not None and not isinstance(sharding, ShardingPlan):
         raise TypeError("`sharding` must be a jaxreg.train.sharding.ShardingPlan, got "
                         f"{type(sharding).__name__}")
+    if not isinstance(skip_nonfinite, bool):
+        raise TypeError(f"`skip_nonfinite` must be a bool, got {skip_nonfinite!r}")
     transform = full_optimizer(optimizer, aggregator)
 
     def like_params(tree, leading=0):
@@ -152,7 +186,7 @@ def make_step(objective: objective_lib.Objective, optimizer: optax.GradientTrans
             grads = like_params(grads)
             metrics.update(perturbed_loss=loss, perturbation_norm=optax.tree.norm(delta))
         updates, opt_state = transform.update(grads, state.opt_state, state.params, value=loss)
-        return updates, opt_state, metrics, new_rows
+        return updates, opt_state, metrics, new_rows, grads
 
     def per_term(state, batch, step_key, rows):
         terms, jacobian, new_rows = objective_lib.term_gradients(
@@ -164,7 +198,7 @@ def make_step(objective: objective_lib.Objective, optimizer: optax.GradientTrans
                                               value=loss, values=_stack(terms, names))
         metrics = {"loss": loss, **terms,  # opt_state = (aggregator state, optimizer state)
                    **_gramian_metrics(names, gramian(jacobian), opt_state[0])}
-        return updates, opt_state, metrics, new_rows
+        return updates, opt_state, metrics, new_rows, jacobian
 
     def on_representation(state, batch, step_key, rows):
         features, encoder_vjp = jax.vjp(lambda p: representation(p, batch), state.params)
@@ -195,7 +229,7 @@ def make_step(objective: objective_lib.Objective, optimizer: optax.GradientTrans
         metrics = {"loss": loss, **terms,
                    **_gramian_metrics(objective_lib.term_order(terms, term_order),
                                       gramian(feature_jacobian), agg_state)}
-        return updates, (agg_state, opt_state), metrics, new_rows
+        return updates, (agg_state, opt_state), metrics, new_rows, (feature_jacobian, grads)
 
     if representation is not None:
         optimizer_only = optax.with_extra_args_support(optimizer)
@@ -204,13 +238,22 @@ def make_step(objective: objective_lib.Objective, optimizer: optax.GradientTrans
         update_fn = per_term if aggregator is not None else summed
 
     def step(state: TrainState, batch: dict):
+        _check_batch(batch)
         key, step_key = jax.random.split(state.key)
         if sharding is not None:
             batch = sharding.constrain_batch(batch)
         rows = _gather_rows(state, batch)
-        updates, opt_state, metrics, new_rows = update_fn(state, batch, step_key, rows)
-        new_state = state.replace(params=like_params(optax.apply_updates(state.params, updates)),
-                                  opt_state=opt_state, step=state.step + 1, key=key,
+        updates, opt_state, metrics, new_rows, grads = update_fn(state, batch, step_key, rows)
+        params = optax.apply_updates(state.params, updates)
+        if skip_nonfinite:  # a select on device, not a Python branch: jit/vmap safe
+            finite = _all_finite(metrics, grads, updates)
+            keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+            params, opt_state = keep((params, opt_state), (state.params, state.opt_state))
+            if new_rows is not None:
+                new_rows = keep(new_rows, rows)
+            metrics = {**metrics, "skipped": jnp.where(finite, 0.0, 1.0).astype(jnp.float32)}
+        new_state = state.replace(params=like_params(params), opt_state=opt_state,
+                                  step=state.step + 1, key=key,
                                   example_state=_scatter_rows(state, batch, new_rows))
         return new_state, metrics
 

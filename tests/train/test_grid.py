@@ -112,3 +112,36 @@ def test_steps_per_epoch_takes_the_first_batches_of_each_epoch():
     with pytest.raises(ValueError, match=r"`steps_per_epoch` must be an integer in \[1, 5\]"):
         train.grid(_objective, OPT, _init, data, hparams={"wd": [0.0]}, seeds=[0], epochs=1,
                    batch_size=4, steps_per_epoch=6)
+
+
+@pytest.mark.parametrize("change, match", [
+    ({"epochs": 0}, "`epochs` must be a positive integer, got 0"),
+    ({"epochs": -1}, "`epochs` must be a positive integer, got -1"),
+    ({"batch_size": 0}, r"`batch_size` must be an integer in \[1, 20\].*got 0"),
+    ({"batch_size": 21}, r"`batch_size` must be an integer in \[1, 20\].*got 21"),
+    ({"train_data": {}}, "`train_data` is an empty mapping"),
+    ({"train_data": {"x": jnp.zeros((0, 4)), "y": jnp.zeros(0, int)}},
+     "`train_data` holds no examples"),
+    ({"train_data": {"x": jnp.zeros((20, 4)), "y": jnp.zeros(10, int)}},
+     r"must share their leading .* \{'x': 20, 'y': 10\}"),
+])
+def test_bad_schedule_and_data_are_named(change, match):
+    kw = {"hparams": {"wd": [0.0], "learning_rate": [0.1]}, "seeds": [0], "epochs": 1,
+          "batch_size": 4, "progress": False, **change}
+    with pytest.raises(ValueError, match=match):
+        train.grid(_objective, OPT, _init, kw.pop("train_data", _data()), **kw)
+
+
+def test_skip_nonfinite_keeps_a_diverging_member_and_spares_the_others():
+    hp = {"wd": [0.1, float("nan")], "learning_rate": [0.5, 0.5]}  # member 1's l2 is NaN
+    kw = {"hparams": hp, "seeds": [3], "epochs": 2, "batch_size": 8, "progress": False}
+    skipping = train.grid(_objective, OPT, _init, _data(), skip_nonfinite=True, **kw)
+    plain = train.grid(_objective, OPT, _init, _data(), **kw)
+    np.testing.assert_array_equal(skipping.history["train/skipped"], [[[0.0, 0.0]],
+                                                                      [[1.0, 1.0]]])
+    init = _init(jax.random.split(jax.random.PRNGKey(3))[0])
+    np.testing.assert_allclose(skipping.state.params["w"][1, 0], init["w"], rtol=1e-6)
+    assert int(skipping.state.step[1, 0]) == 4
+    np.testing.assert_allclose(skipping.state.params["w"][0], plain.state.params["w"][0],
+                               rtol=1e-6, atol=1e-7)  # another program: fusion may round apart
+    assert np.isnan(np.asarray(plain.state.params["w"][1])).all()  # without: poisoned

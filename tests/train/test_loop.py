@@ -8,6 +8,8 @@ import optax
 import pytest
 
 from jaxreg import train
+from jaxreg.data import epoch_indices
+from jaxreg.multiobjective.base import from_weighting
 
 
 def _objective(params, batch, hparams, key):
@@ -127,10 +129,12 @@ def test_sigkilled_run_resumes_to_identical_parameters(tmp_path):
     saved = train.Checkpointer(tmp_path / "cut" / "checkpoints")
     assert saved.latest_step() == 4  # what survived the kill; resuming starts there
     saved.close()
-    full, _ = _fit(str(tmp_path / "full"), _data())
-    resumed, _ = _fit(str(tmp_path / "cut"), _data())
-    np.testing.assert_array_equal(resumed.params["w"], full.params["w"])
-    np.testing.assert_array_equal(resumed.opt_state[0].mu["w"], full.opt_state[0].mu["w"])
+    full, full_history = _fit(str(tmp_path / "full"), _data())
+    resumed, history = _fit(str(tmp_path / "cut"), _data())
+    assert int(resumed.step) == 12
+    for a, b in zip(jax.tree.leaves(resumed), jax.tree.leaves(full), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))  # params, Adam, key: all
+    assert history == full_history  # the rows of the killed epoch included
 
 
 def test_rows_every_few_steps_with_their_timing():
@@ -156,3 +160,94 @@ def test_rows_every_few_steps_with_their_timing():
     np.testing.assert_allclose(history[-1]["eval/w0"], replay.params["w"][0], rtol=1e-6)
     with pytest.raises(ValueError, match="`log_every` must be a positive integer"):
         train.fit(STEP, _state(), _data(), epochs=1, batch_size=5, seed=0, log_every=0)
+
+
+@pytest.mark.parametrize("change, match", [
+    ({"epochs": 0}, "`epochs` must be a positive integer, got 0"),
+    ({"epochs": -1}, "`epochs` must be a positive integer, got -1"),
+    ({"epochs": 2.0}, "`epochs` must be a positive integer, got 2.0"),
+    ({"batch_size": 0}, r"`batch_size` must be an integer in \[1, 24\].*got 0"),
+    ({"batch_size": -5}, r"`batch_size` must be an integer in \[1, 24\].*got -5"),
+    ({"batch_size": 25}, r"`batch_size` must be an integer in \[1, 24\].*got 25"),
+    ({"checkpoint_every": 0}, "`checkpoint_every` must be a positive integer or None, got 0"),
+    ({"eval_every": 0}, "`eval_every` must be a positive integer, got 0"),
+    ({"max_steps": 0}, "`max_steps` must be a positive integer or None, got 0"),
+    ({"max_steps": True}, "`max_steps` must be a positive integer or None, got True"),
+    ({"seed": -1}, "`seed` must be a non-negative integer, got -1"),
+    ({"train_data": {}}, "`train_data` is an empty mapping"),
+    ({"train_data": {"x": np.zeros((0, 3)), "y": np.zeros(0)}}, "`train_data` holds no examples"),
+    ({"train_data": {"x": np.zeros((4, 3)), "y": np.zeros(5)}},
+     r"`train_data` must share their leading .* got lengths \{'x': 4, 'y': 5\}"),
+    ({"train_data": [1, 2]}, "`train_data` must be a mapping of arrays or a random-access"),
+])
+def test_bad_schedule_and_data_are_named_before_training(change, match, tmp_path):
+    kw = {"epochs": 2, "batch_size": 5, "seed": 0, "train_data": _data(),
+          "out_dir": str(tmp_path), "checkpoint_every": 2, "progress": False, **change}
+    with pytest.raises((ValueError, TypeError), match=match):
+        train.fit(STEP, _state(), kw.pop("train_data"), **kw)
+    assert not (tmp_path / "checkpoints").exists()  # refused before anything was written
+
+
+def _two_terms(params, batch, hparams, key):
+    resid = batch["x"] @ params["w"] - batch["y"]
+    return {"mse": jnp.mean(resid ** 2), "l2": 0.01 * jnp.sum(params["w"] ** 2)}
+
+
+def _poisoned():
+    """The data with one NaN in the third batch of epoch 0 (step 3) of seed 2."""
+    data = {k: v.copy() for k, v in _data().items()}
+    index = int(epoch_indices(2, 0, 24, 5)[2, 0])
+    data["x"][index, 1] = np.nan
+    return data, index
+
+
+@pytest.mark.parametrize("log_every", [None, 1])
+def test_nonfinite_training_stops_naming_the_step_and_term(log_every, tmp_path):
+    data, _ = _poisoned()
+    step = train.make_step(_two_terms, OPT)
+    with pytest.raises(train.NonFiniteError, match="non-finite at step 3: mse is NaN or inf"
+                       ) as info:
+        train.fit(step, _state(), data, epochs=3, batch_size=5, seed=2, out_dir=str(tmp_path),
+                  checkpoint_every=2, log_every=log_every, progress=False)
+    assert isinstance(info.value, FloatingPointError)
+    assert info.value.step == 3 and info.value.terms == ["mse"]  # l2 went NaN only at step 4
+    saved = train.Checkpointer(tmp_path / "checkpoints")
+    assert saved.latest_step() == 2  # nothing of the damaged state was saved
+    restored, _ = saved.restore(_state())
+    saved.close()
+    assert np.isfinite(np.asarray(restored.params["w"])).all()
+    with open(tmp_path / "history.json") as f:
+        assert [row["step"] for row in json.load(f)] == ([] if log_every is None else [1, 2])
+    # turned off, the run goes on with NaN in its history
+    _, history = train.fit(step, _state(), data, epochs=3, batch_size=5, seed=2,
+                           progress=False, stop_on_nonfinite=False)
+    assert np.isnan(history[0]["train/mse"]) and np.isnan(history[-1]["train/l2"])
+
+
+def test_fit_with_a_skipping_step_drops_the_bad_batches():
+    data, index = _poisoned()
+    step = train.make_step(_two_terms, OPT, skip_nonfinite=True)
+    state, history = train.fit(step, _state(), data, epochs=3, batch_size=5, seed=2,
+                               progress=False)
+    replay, plain = _state(), jax.jit(train.make_step(_two_terms, OPT))
+    for epoch, row in enumerate(history):
+        skipped = 0
+        for batch in train.loop.batches(data, 5, seed=2, epoch=epoch):
+            if index in batch["index"]:
+                skipped += 1
+            else:
+                replay, _ = plain(replay, {**batch, "epoch": np.int32(epoch)})
+        assert row["train/skipped"] == skipped / 4
+    assert history[0]["train/skipped"] == 0.25
+    np.testing.assert_allclose(state.params["w"], replay.params["w"], rtol=1e-6)
+    assert int(state.step) == 12
+
+
+def test_nonfinite_error_names_terms_not_diagnostics():
+    unit = from_weighting(lambda g: jnp.ones(g.shape[0]), num_objectives=2)
+    step = train.make_step(_two_terms, OPT, aggregator=unit)  # logs cos/ and grad_norm/
+    state = train.init_state({"w": jnp.zeros(3)}, OPT, key=jax.random.PRNGKey(0),
+                             aggregator=unit)
+    with pytest.raises(train.NonFiniteError, match="at step 3: mse is NaN") as info:
+        train.fit(step, state, _poisoned()[0], epochs=1, batch_size=5, seed=2, progress=False)
+    assert info.value.terms == ["mse"]
