@@ -42,7 +42,13 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxreg.multiobjective.base import check_objectives, initial_weights, logged, tree_vdot
+from jaxreg.multiobjective.base import (
+    accumulation_dtype,
+    check_objectives,
+    initial_weights,
+    logged,
+    tree_vdot,
+)
 from jaxreg.multiobjective.base import num_objectives as count_objectives
 
 INITS = ("zeros", "grad", "random")
@@ -123,7 +129,8 @@ def bloop(*, lbda=0.1, ema=0.1, init: str = "zeros", use_ratio_only: bool = Fals
                          f"`num_objectives` must be at least 2, got {num_objectives}")
 
     def init_fn(params):
-        return BloopState(initial_weights(num_objectives), _initial_ema(init, seed, params),
+        return BloopState(initial_weights(num_objectives, accumulation_dtype(params)),
+                          _initial_ema(init, seed, params),
                           jnp.zeros((), jnp.int32))
 
     def update_fn(updates, state, params=None):

@@ -21,7 +21,14 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxreg.multiobjective.base import check_objectives, combine, gramian, initial_weights, logged
+from jaxreg.multiobjective.base import (
+    accumulation_dtype,
+    check_objectives,
+    combine,
+    gramian,
+    initial_weights,
+    logged,
+)
 
 _RIDGE = 1e-6  # added to the normalised Gramian: keeps the problem bounded when G is singular
 
@@ -56,8 +63,8 @@ def _bargaining(power_fn, max_norm, iterations, num_objectives, name):
     m = num_objectives
 
     def init(params):
-        del params
-        return BargainingState(initial_weights(m), jnp.ones(m, jnp.float32))
+        dtype = accumulation_dtype(params)
+        return BargainingState(initial_weights(m, dtype), jnp.ones(m, dtype))
 
     def update(updates, state, params=None):
         del params
@@ -68,11 +75,13 @@ def _bargaining(power_fn, max_norm, iterations, num_objectives, name):
         scale = jnp.maximum(peak * jnp.linalg.norm(gram / peak), jnp.finfo(gram.dtype).tiny)
         normalised = gram / scale + _RIDGE * jnp.eye(m, dtype=gram.dtype)
         power = power_fn(gram.dtype)
-        alpha_n = solve_bargaining(normalised, power, state.alpha, iterations=iterations)
+        alpha_n = solve_bargaining(normalised, power, state.alpha.astype(gram.dtype),
+                                   iterations=iterations)
         alpha = alpha_n / jnp.sqrt(scale)
         norm = jnp.sqrt(jnp.maximum(alpha @ gram @ alpha, 0.0))
         alpha = alpha * jnp.minimum(1.0, max_norm / jnp.maximum(norm, 1e-30))
-        return combine(alpha, updates), BargainingState(logged(alpha, state.weights), alpha_n)
+        return combine(alpha, updates), BargainingState(logged(alpha, state.weights),
+                                                     alpha_n.astype(state.alpha.dtype))
 
     return optax.GradientTransformation(init, update)
 

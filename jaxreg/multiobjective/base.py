@@ -76,13 +76,25 @@ def check_objectives(name: str, expected: int, received: int) -> None:
                          f"{received} objectives")
 
 
-def initial_weights(num_objectives: int | None) -> jax.Array:
-    """NaN weights of length ``num_objectives`` (length 0 when unknown: nothing is logged).
+def accumulation_dtype(tree) -> jnp.dtype:
+    """The dtype aggregators compute and keep their state in for parameters ``tree``: the
+    widest floating dtype of its leaves, at least float32 (bfloat16 parameters accumulate in
+    float32; float64 ones, under ``jax_enable_x64``, in float64). float32 without floating
+    leaves."""
+    dtypes = [jnp.asarray(leaf).dtype for leaf in jax.tree.leaves(tree)]
+    dtypes = [d for d in dtypes if jnp.issubdtype(d, jnp.floating)]
+    return jnp.dtype(jnp.promote_types(jnp.result_type(*dtypes), jnp.float32) if dtypes
+                     else jnp.float32)
+
+
+def initial_weights(num_objectives: int | None, dtype=jnp.float32) -> jax.Array:
+    """NaN weights of length ``num_objectives`` (length 0 when unknown: nothing is logged),
+    in ``dtype`` (``accumulation_dtype(params)`` in an ``init``).
 
     State shapes must not change between steps (``lax.scan``, ``jit``), so the weights an
     aggregator logs are sized when it is built.
     """
-    return jnp.full((num_objectives or 0,), jnp.nan, jnp.float32)
+    return jnp.full((num_objectives or 0,), jnp.nan, dtype)
 
 
 def logged(weights: jax.Array, previous: jax.Array) -> jax.Array:
@@ -101,8 +113,8 @@ def from_weighting(weighting: Callable[[jax.Array], jax.Array],
     ``num_objectives`` given, the state records the last weights (for logging).
     """
     def init(params):
-        del params
-        return WeightingState(weights=initial_weights(num_objectives))
+        return WeightingState(weights=initial_weights(num_objectives,
+                                                      accumulation_dtype(params)))
 
     def update(updates, state, params=None):
         del params

@@ -22,7 +22,13 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxreg.multiobjective.base import combine, from_weighting, gramian, initial_weights
+from jaxreg.multiobjective.base import (
+    accumulation_dtype,
+    combine,
+    from_weighting,
+    gramian,
+    initial_weights,
+)
 
 
 def config_weights(gram: jax.Array, pref=None) -> jax.Array:
@@ -77,27 +83,34 @@ def momentum_config(*, beta1=0.9, beta2=0.999, eps=1e-8, num_objectives: int | N
         raise ValueError("momentum_config keeps per-objective momenta: give `num_objectives`")
 
     def init(params):
-        zeros = jax.tree.map(jnp.zeros_like, params)
+        # Moments in float32 or wider (bfloat16 parameters accumulate in float32, float64 ones
+        # in float64); the update has the gradients' dtype.
+        def wide(p):
+            return jnp.promote_types(p.dtype, jnp.float32)
+
+        zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, wide(p)), params)
         return MomentumConfigState(
-            initial_weights(num_objectives), jnp.zeros((), jnp.int32),
-            jax.tree.map(lambda p: jnp.zeros((num_objectives, *p.shape), p.dtype), params),
+            initial_weights(num_objectives, accumulation_dtype(params)), jnp.zeros((), jnp.int32),
+            jax.tree.map(lambda p: jnp.zeros((num_objectives, *p.shape), wide(p)), params),
             zeros, zeros)
 
     def update(updates, state, params=None):
         del params
         count = state.count + 1
-        t = count.astype(jnp.float32)
-        moments = jax.tree.map(lambda m, g: beta1 * m + (1 - beta1) * g, state.moments, updates)
+        t = count.astype(accumulation_dtype(updates))  # float64 bias corrections in x64
+        moments = jax.tree.map(lambda m, g: (beta1 * m + (1 - beta1) * g).astype(m.dtype),
+                               state.moments, updates)
         corrected = jax.tree.map(lambda m: m / (1 - beta1 ** t), moments)
         weights = config_weights(gramian(corrected))
         direction = combine(weights, corrected)
         fake = jax.tree.map(lambda d: d * (1 - beta1 ** t), direction)
+        fake = jax.tree.map(lambda f, prev: f.astype(prev.dtype), fake, state.fake_moment)
         fake_grad = jax.tree.map(lambda f, prev: (f - beta1 * prev) / (1 - beta1), fake,
                                  state.fake_moment)
-        second = jax.tree.map(lambda s, g: beta2 * s + (1 - beta2) * g ** 2,
+        second = jax.tree.map(lambda s, g: (beta2 * s + (1 - beta2) * g ** 2).astype(s.dtype),
                               state.second_moment, fake_grad)
-        out = jax.tree.map(lambda d, s: d / (jnp.sqrt(s / (1 - beta2 ** t)) + eps), direction,
-                           second)
+        out = jax.tree.map(lambda d, s, g: (d / (jnp.sqrt(s / (1 - beta2 ** t)) + eps)
+                                            ).astype(g.dtype), direction, second, updates)
         return out, MomentumConfigState(jnp.full_like(state.weights, jnp.nan), count, moments,
                                         fake, second)
 

@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxreg.multiobjective.base import check_objectives, combine, gramian
+from jaxreg.multiobjective.base import accumulation_dtype, check_objectives, combine, gramian
 from jaxreg.multiobjective.base import num_objectives as count_objectives
 
 
@@ -79,9 +79,9 @@ def gradnorm(*, num_objectives: int, alpha: float = 1.5,
     optimizer = weight_optimizer if weight_optimizer is not None else optax.adam(0.025)
 
     def init(params):
-        del params
-        ones = jnp.ones(m, jnp.float32)
-        return GradNormState(ones, ones, jnp.full(m, jnp.nan, jnp.float32), optimizer.init(ones))
+        dtype = accumulation_dtype(params)  # float64 parameters keep float64 weights
+        ones = jnp.ones(m, dtype)
+        return GradNormState(ones, ones, jnp.full(m, jnp.nan, dtype), optimizer.init(ones))
 
     def update(updates, state, params=None, *, values=None, **extra_args):
         del params, extra_args
@@ -89,11 +89,12 @@ def gradnorm(*, num_objectives: int, alpha: float = 1.5,
             raise ValueError("gradnorm needs the objectives' values: train with "
                              "jaxreg.train.make_step, or pass `values` to update")
         check_objectives("gradnorm", m, count_objectives(updates))
-        values = jnp.asarray(values, jnp.float32)
+        dtype = state.next_weights.dtype
+        values = jnp.asarray(values).astype(dtype)
         check_objectives("gradnorm (values)", m, values.shape[0])
         initial = jnp.where(jnp.isnan(state.initial), values, state.initial)
         chosen = updates if layer is None else layer(updates)
-        norms = jnp.sqrt(jnp.maximum(jnp.diag(gramian(chosen)), 0.0)).astype(jnp.float32)
+        norms = jnp.sqrt(jnp.maximum(jnp.diag(gramian(chosen)), 0.0)).astype(dtype)
         weights = state.next_weights
         grad, _ = gradnorm_weight_gradient(weights, norms, values, initial, alpha=alpha)
         step, opt_state = optimizer.update(grad, state.opt_state, weights)
@@ -109,9 +110,11 @@ def gradnorm(*, num_objectives: int, alpha: float = 1.5,
 
 def uncertainty_parameters(params, names: Sequence[str], *, init: float = 0.0) -> dict:
     """``{"model": params, "log_variance": {name: init}}``: the parameters that
-    ``uncertainty_weighting`` trains (``s_i = log sigma_i^2``; LibMTL starts at -0.5)."""
+    ``uncertainty_weighting`` trains (``s_i = log sigma_i^2``; LibMTL starts at -0.5), in
+    ``accumulation_dtype(params)`` (float32, or float64 for float64 parameters)."""
+    dtype = accumulation_dtype(params)
     return {"model": params,
-            "log_variance": {name: jnp.asarray(init, jnp.float32) for name in names}}
+            "log_variance": {name: jnp.asarray(init, dtype) for name in names}}
 
 
 def uncertainty_weighting(objective: Callable, *,

@@ -6,7 +6,14 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxreg.multiobjective.base import KeyedState, combine, gramian, initial_weights, logged
+from jaxreg.multiobjective.base import (
+    KeyedState,
+    accumulation_dtype,
+    combine,
+    gramian,
+    initial_weights,
+    logged,
+)
 
 
 def pcgrad_weights(gram: jax.Array, orders: jax.Array) -> jax.Array:
@@ -49,8 +56,8 @@ def pcgrad(*, seed: int = 0, num_objectives: int | None = None) -> optax.Gradien
     ``PCGrad``.
     """
     def init(params):
-        del params
-        return KeyedState(initial_weights(num_objectives), jax.random.PRNGKey(seed))
+        return KeyedState(initial_weights(num_objectives, accumulation_dtype(params)),
+                          jax.random.PRNGKey(seed))
 
     def update(updates, state, params=None):
         del params
@@ -91,8 +98,8 @@ def graddrop(*, leak=0.0, seed: int = 0, num_objectives: int | None = None
     ``f``, one uniform draw per element per call).
     """
     def init(params):
-        del params
-        return KeyedState(initial_weights(num_objectives), jax.random.PRNGKey(seed))
+        return KeyedState(initial_weights(num_objectives, accumulation_dtype(params)),
+                          jax.random.PRNGKey(seed))
 
     def update(updates, state, params=None):
         del params

@@ -25,7 +25,14 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxreg.multiobjective.base import check_objectives, combine, gramian, initial_weights, logged
+from jaxreg.multiobjective.base import (
+    accumulation_dtype,
+    check_objectives,
+    combine,
+    gramian,
+    initial_weights,
+    logged,
+)
 
 
 class GradVacState(NamedTuple):
@@ -79,8 +86,8 @@ def gradvac(*, beta=0.5, eps=1e-8, seed: int = 0, num_objectives: int | None = N
     m = num_objectives
 
     def init(params):
-        del params
-        return GradVacState(initial_weights(m), jnp.zeros((m, m), jnp.float32),
+        dtype = accumulation_dtype(params)
+        return GradVacState(initial_weights(m, dtype), jnp.zeros((m, m), dtype),
                             jax.random.PRNGKey(seed))
 
     def update(updates, state, params=None):

@@ -9,7 +9,14 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxreg.multiobjective.base import KeyedState, combine, from_weighting, initial_weights, logged
+from jaxreg.multiobjective.base import (
+    KeyedState,
+    accumulation_dtype,
+    combine,
+    from_weighting,
+    initial_weights,
+    logged,
+)
 from jaxreg.multiobjective.base import num_objectives as count_objectives
 
 _EPS32 = float(jnp.finfo(jnp.float32).eps)
@@ -36,8 +43,8 @@ def random_weighting(*, seed: int = 0, num_objectives: int | None = None
     in the state, so runs are reproducible from ``seed``.
     """
     def init(params):
-        del params
-        return KeyedState(initial_weights(num_objectives), jax.random.PRNGKey(seed))
+        return KeyedState(initial_weights(num_objectives, accumulation_dtype(params)),
+                          jax.random.PRNGKey(seed))
 
     def update(updates, state, params=None):
         del params

@@ -37,6 +37,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jaxreg.multiobjective.base import accumulation_dtype
+
 
 class GravityState(NamedTuple):
     """``count``: steps taken; ``noise``: the initial velocity's standard-normal draw ``z``;
@@ -77,25 +79,32 @@ def gravity(learning_rate: Any = 0.1, *, alpha: Any = 0.01, beta: Any = 0.9,
     if isinstance(first_step, (int, float)) and first_step not in (0, 1):
         raise ValueError(f"`first_step` must be 0 or 1, got {first_step!r}")
 
+    def _wide(dtype):
+        return jnp.promote_types(dtype, jnp.float32)
+
     def rate(count):
         return learning_rate(count) if callable(learning_rate) else learning_rate
 
     def init(params):
         seed = key if key is not None else 0
         seed = jax.random.PRNGKey(seed) if isinstance(seed, int) else seed
-        noise = optax.tree.random_like(seed, params, jax.random.normal, dtype=jnp.float32)
+        # Drawn in float32 (the same velocity in any precision), kept in float32 or wider
+        # (float64 for float64 parameters under jax_enable_x64).
+        noise = jax.tree.map(
+            lambda z, p: z.astype(_wide(p.dtype)),
+            optax.tree.random_like(seed, params, jax.random.normal, dtype=jnp.float32), params)
         return GravityState(count=jnp.zeros([], jnp.int32), noise=noise,
-                            average=jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32),
+                            average=jax.tree.map(lambda p: jnp.zeros(p.shape, _wide(p.dtype)),
                                                  params),
-                            decay=jnp.ones([], jnp.float32))
+                            decay=jnp.ones([], accumulation_dtype(params)))
 
     def update(updates, state, params=None):
         del params
-        t = (state.count + first_step).astype(jnp.float32)
+        t = (state.count + first_step).astype(state.decay.dtype)
         beta_t = (beta * t + 1.0) / (t + 2.0)
 
         def bounded(g):
-            g = g.astype(jnp.float32)
+            g = g.astype(_wide(g.dtype))
             return g / (1.0 + jnp.square(g * jnp.max(jnp.abs(g))))
 
         average = jax.tree.map(lambda u, g: beta_t * u + (1.0 - beta_t) * bounded(g),

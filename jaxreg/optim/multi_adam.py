@@ -34,7 +34,12 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxreg.multiobjective.base import check_objectives, combine, initial_weights
+from jaxreg.multiobjective.base import (
+    accumulation_dtype,
+    check_objectives,
+    combine,
+    initial_weights,
+)
 from jaxreg.multiobjective.base import num_objectives as count_objectives
 
 
@@ -102,7 +107,8 @@ def multi_adam(learning_rate: optax.ScalarOrSchedule = 1e-3, *, b1=0.99, b2=0.99
     scale = optax.scale_by_learning_rate(learning_rate)
 
     def init(params):
-        return MultiAdamState(initial_weights(m), adam.init(params), scale.init(params))
+        return MultiAdamState(initial_weights(m, accumulation_dtype(params)), adam.init(params),
+                              scale.init(params))
 
     def update(updates, state, params=None):
         check_objectives("multi_adam", m, count_objectives(updates))

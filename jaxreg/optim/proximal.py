@@ -48,8 +48,13 @@ def _proximal(shrink: Callable, strength, learning_rate, mask
     def update(updates, state, params=None):
         if params is None:
             raise ValueError("a proximal transformation needs `params` in update")
-        threshold = jnp.asarray(step_size(state.count), jnp.float32) * jnp.asarray(
-            strength, jnp.float32)
+        # In float32 or wider: float64 for float64 parameters (jax_enable_x64).
+        wide = jnp.promote_types(
+            jnp.result_type(*[p.dtype for p in jax.tree.leaves(params)
+                              if jnp.issubdtype(p.dtype, jnp.floating)] or [jnp.float32]),
+            jnp.float32)
+        threshold = jnp.asarray(step_size(state.count)).astype(wide) * jnp.asarray(
+            strength).astype(wide)
         chosen = leaf_mask(mask, params)
 
         def one(u, p, on):
@@ -57,8 +62,9 @@ def _proximal(shrink: Callable, strength, learning_rate, mask
                 return u
             if not jnp.issubdtype(p.dtype, jnp.floating):
                 raise TypeError(f"params must be floating arrays, got dtype {p.dtype}")
-            z = p.astype(jnp.float32) + u.astype(jnp.float32)
-            return (shrink(z, threshold) - p.astype(jnp.float32)).astype(u.dtype)
+            leaf = jnp.promote_types(jnp.promote_types(p.dtype, u.dtype), jnp.float32)
+            z = p.astype(leaf) + u.astype(leaf)
+            return (shrink(z, threshold.astype(leaf)) - p.astype(leaf)).astype(u.dtype)
 
         new = jax.tree.map(one, updates, params, chosen)
         return new, optax.ScaleByScheduleState(count=optax.safe_increment(state.count))

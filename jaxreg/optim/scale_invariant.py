@@ -106,12 +106,14 @@ def scale_by_adamp(b1=0.9, b2=0.999, eps=1e-8, *, weight_decay=0.0, delta=0.1, w
         count = state.count + 1
         mu = optax.tree.update_moment(grads, state.mu, b1, 1)
         nu = optax.tree.update_moment_per_elem_norm(grads, state.nu, b2, 2)
-        bc1 = 1 - b1 ** count.astype(jnp.float32)
-        bc2 = 1 - b2 ** count.astype(jnp.float32)
 
         def step(m, v, g):
+            # Bias corrections in float32 or wider: float64 for float64 moments (x64).
+            t = count.astype(jnp.promote_types(m.dtype, jnp.float32))
+            bc1, bc2 = 1 - b1 ** t, 1 - b2 ** t
             numerator = b1 * m + (1 - b1) * g if nesterov else m
-            return numerator / (jnp.sqrt(v) / jnp.sqrt(bc2) + eps) / bc1
+            # in the gradient's dtype, as optax's Adam (bfloat16 stays bfloat16)
+            return (numerator / (jnp.sqrt(v) / jnp.sqrt(bc2) + eps) / bc1).astype(g.dtype)
 
         steps = jax.tree.map(step, mu, nu, grads)
         _, updates = _decayed(steps, params, grads, weight_decay=weight_decay, delta=delta,

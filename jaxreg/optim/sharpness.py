@@ -164,8 +164,8 @@ def asam(*, rho: Any = 0.5, eta: Any = 0.01, mask: Any = None) -> Perturbation:
         del grad_fn
         chosen = leaf_mask(mask, params)
         grads = _float32(grads)
-        t_w = jax.tree.map(lambda w, on: jnp.abs(w.astype(jnp.float32)) + eta if on else 1.0,
-                           params, chosen)
+        t_w = jax.tree.map(lambda w, on: jnp.abs(w.astype(jnp.promote_types(w.dtype, jnp.float32)))
+                           + eta if on else 1.0, params, chosen)
         scaled = jax.tree.map(jnp.multiply, t_w, grads)  # T_w g
         factor = rho / (_norm(scaled) + _TINY)
         return jax.tree.map(lambda t, tg: factor * t * tg, t_w, scaled)

@@ -97,7 +97,8 @@ def orthogonal_gradient(*, eps: float = 1e-30, mask: Any = None
         def one(g, w, on):
             if not on:
                 return g
-            g32, w32 = g.astype(jnp.float32), w.astype(jnp.float32)
+            wide = jnp.promote_types(jnp.promote_types(g.dtype, w.dtype), jnp.float32)
+            g32, w32 = g.astype(wide), w.astype(wide)  # float64 stays float64 (x64)
             radial = jnp.vdot(w32, g32) / (jnp.vdot(w32, w32) + eps)
             perpendicular = g32 - radial * w32
             scale = jnp.linalg.norm(g32) / (jnp.linalg.norm(perpendicular) + eps)

@@ -2,8 +2,10 @@
 
 On the zoo of Jacobians: output structure and finiteness (also for zero Jacobians and for
 Jacobians scaled from 1e-10 to 1e15), jit, use inside ``optax.chain``, vmap over each numeric
-hyperparameter, and the properties each entry claims in ``jaxreg.catalog`` (non-conflicting,
-permutation invariance, linearity under scaling), with torchjd's tolerances.
+hyperparameter, bfloat16 Jacobians (bfloat16 update, float32 state, close to the float32
+update), and the properties each entry claims in ``jaxreg.catalog`` (non-conflicting,
+permutation invariance, linearity under scaling), with torchjd's tolerances. Float64 under
+``jax_enable_x64``: ``tests/test_x64.py``.
 """
 
 import jax
@@ -80,6 +82,40 @@ def test_chains_with_an_optimizer_under_jit(entry):
         update, state = jax.jit(chain.update)(jac, state, params,
                                               **_extra_args(entry, len(matrix)))
     assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(update))
+
+
+@pytest.mark.parametrize("entry", ENTRIES, ids=IDS)
+def test_bfloat16_jacobians(entry):
+    """A bfloat16 model: the update is bfloat16, the state (weights, moments of the
+    aggregator's own) keeps its float32 accumulators through steps under jit, and the update
+    is the float32 one up to bfloat16's 8 bits of mantissa."""
+    name, matrix = _cases(entry, matrices())[-1]
+    m = len(matrix)
+
+    def run(dtype):
+        jac = jax.tree.map(lambda x: x.astype(jnp.bfloat16).astype(dtype), as_tree(matrix))
+        params = jax.tree.map(lambda x: jnp.zeros(x.shape[1:], dtype), jac)
+        agg = entry.fn(num_objectives=m)
+        extra = ({"values": jnp.linspace(1.0, 2.0, m, dtype=dtype)}
+                 if entry.inputs == "jacobian, values" else {})
+        state = agg.init(params)
+        step = jax.jit(lambda j, s, p: agg.update(j, s, p, **extra))
+        for _ in range(2):
+            update, new_state = step(jac, state, params)
+            assert jax.tree.structure(new_state) == jax.tree.structure(state), entry.name
+            assert [x.dtype for x in jax.tree.leaves(new_state)] == [
+                x.dtype for x in jax.tree.leaves(state)], entry.name
+            state = new_state
+        return update, state
+
+    update16, state16 = run(jnp.bfloat16)
+    assert {x.dtype for x in jax.tree.leaves(update16)} == {jnp.dtype(jnp.bfloat16)}, entry.name
+    assert state16.weights.dtype == jnp.float32, entry.name
+    out16 = _vector(jax.tree.map(lambda x: x.astype(jnp.float32), update16))
+    assert np.all(np.isfinite(out16)), (entry.name, out16)
+    out32 = _vector(run(jnp.float32)[0])
+    scale = max(1.0, np.abs(out32).max())
+    np.testing.assert_allclose(out16, out32, rtol=5e-2, atol=5e-2 * scale, err_msg=entry.name)
 
 
 @pytest.mark.parametrize("entry", [e for e in ENTRIES if e.hparams],

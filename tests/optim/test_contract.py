@@ -3,8 +3,9 @@
 On a small Flax MLP: it runs under jit and inside the train step, each numeric
 hyperparameter can be traced and vmapped (``optax.inject_hyperparams``) and changes the
 result (for ordinary gradients or for gradients perpendicular to the weights), updates
-stay finite for parameters and gradients from 0 to 1e4 and in bfloat16, and
-with a learning rate it decreases a convex loss.
+stay finite for parameters and gradients from 0 to 1e4 and in bfloat16 (bfloat16
+parameters get bfloat16 updates; the state keeps its dtypes), and with a learning rate it
+decreases a convex loss. Float64 under ``jax_enable_x64``: ``tests/test_x64.py``.
 """
 
 import functools
@@ -124,7 +125,13 @@ def test_finite_at_extreme_and_bfloat16_inputs(entry, magnitude):
     assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(updates)), entry.name
     half = jax.tree.map(lambda p: p.astype(jnp.bfloat16), _params())
     opt = _build(entry, half)
-    updates, _ = jax.jit(functools.partial(opt.update, **_extra(opt)))(
-        _grads(half), opt.init(half), half)
+    state = opt.init(half)
+    updates, new_state = jax.jit(functools.partial(opt.update, **_extra(opt)))(
+        _grads(half), state, half)
     assert all(np.all(np.isfinite(np.asarray(x, np.float32)))
                for x in jax.tree.leaves(updates)), entry.name
+    # bfloat16 parameters get bfloat16 updates, and the state keeps its structure and dtypes
+    assert {x.dtype for x in jax.tree.leaves(updates)} == {jnp.dtype(jnp.bfloat16)}, entry.name
+    assert jax.tree.structure(new_state) == jax.tree.structure(state), entry.name
+    assert [x.dtype for x in jax.tree.leaves(new_state)] == [
+        x.dtype for x in jax.tree.leaves(state)], entry.name

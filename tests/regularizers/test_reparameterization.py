@@ -80,7 +80,9 @@ def test_inverse_is_equation_4_and_round_trips():
     v = rp.compand_inverse(w, a=a, b=b)
     np.testing.assert_allclose(v, b * np.tan(w / a), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(rp.compand(v, a=a, b=b), w, rtol=1e-5, atol=1e-6)
-    outside = rp.compand_inverse(np.array([a * np.pi / 2, -1.0, 2.0]), a=a, b=b)
+    # Just past the bound: float32(a pi / 2) itself rounds to either side of it (jax >= 0.11
+    # divides exactly and finds it inside).
+    outside = rp.compand_inverse(np.array([a * np.pi / 2 * (1 + 1e-6), -1.0, 2.0]), a=a, b=b)
     assert np.all(np.isnan(outside))
 
 
