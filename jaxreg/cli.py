@@ -27,12 +27,15 @@ class UsageError(Exception):
 
 
 def _cmd_run(args, rest) -> int:
-    from jaxreg import experiments
+    from jaxreg.protocol import runner
     try:
-        main_fn = experiments.get(args.experiment)
-    except KeyError as err:
+        runner.load(args.experiment)
+    except (KeyError, FileNotFoundError) as err:
         raise UsageError(err.args[0]) from None
-    main_fn(rest)
+    try:
+        runner.main(args.experiment, rest)
+    except (runner.RunDirectoryError, runner.ConfigError) as err:
+        raise UsageError(str(err)) from None
     return 0
 
 
@@ -54,7 +57,7 @@ def _cmd_grid(args) -> int:
     import optax
 
     from jaxreg import catalog, data, models, train
-    from jaxreg.experiments.report import markdown_table, mean_std, write_json
+    from jaxreg.protocol.report import markdown_table, mean_std, write_json
 
     try:
         entry = catalog.get(args.loss)

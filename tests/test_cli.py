@@ -16,7 +16,7 @@ def test_list_prints_every_entry(capsys):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["run", "nope"], "unknown experiment 'nope'; available: noisy-labels"),
+    (["run", "nope"], "unknown experiment 'nope'; available: auxiliary, fairness"),
     (["list", "--family", "nope"], "unknown family 'nope'"),
     (["grid", "--loss", "nope", "--set", "q=1"], "unknown component 'nope'; the catalog has:"),
     (["grid", "--loss", "generalized_cross_entropy", "--set", "q=0.3,0.7",

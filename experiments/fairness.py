@@ -54,7 +54,7 @@ import optax
 
 from jaxreg import models, train
 from jaxreg.data import fairness as fairness_data
-from jaxreg.experiments.report import (
+from jaxreg.protocol.report import (
     Claim,
     experiment_parser,
     markdown_table,

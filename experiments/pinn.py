@@ -27,7 +27,7 @@ import numpy as np
 import optax
 
 from jaxreg import multiobjective, optim, train
-from jaxreg.experiments.report import (
+from jaxreg.protocol.report import (
     Claim,
     experiment_parser,
     markdown_table,

@@ -55,7 +55,8 @@ import optax
 from jaxreg import data as data_lib
 from jaxreg import models, train
 from jaxreg._validate import kernels_only
-from jaxreg.experiments.report import (
+from jaxreg.optim.weight_decay import decoupled_weight_decay
+from jaxreg.protocol.report import (
     Claim,
     experiment_parser,
     markdown_table,
@@ -63,7 +64,6 @@ from jaxreg.experiments.report import (
     run_size,
     write_results,
 )
-from jaxreg.optim.weight_decay import decoupled_weight_decay
 
 HIDDEN = (128, 128)
 BOOTSTRAP = 1000

@@ -36,7 +36,8 @@ import optax
 from jaxreg import data as data_lib
 from jaxreg import models, train
 from jaxreg.diagnostics import hessian
-from jaxreg.experiments.report import (
+from jaxreg.optim import sharpness
+from jaxreg.protocol.report import (
     Claim,
     experiment_parser,
     markdown_table,
@@ -44,7 +45,6 @@ from jaxreg.experiments.report import (
     run_size,
     write_results,
 )
-from jaxreg.optim import sharpness
 
 HIDDEN = (128, 128)
 LEARNING_RATE = 0.05

@@ -45,7 +45,7 @@ import optax
 from jaxreg import data as data_lib
 from jaxreg import models, train
 from jaxreg.diagnostics import expected_calibration_error
-from jaxreg.experiments.report import (
+from jaxreg.protocol.report import (
     Claim,
     experiment_parser,
     markdown_table,

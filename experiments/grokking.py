@@ -58,7 +58,9 @@ import optax
 from tqdm.auto import tqdm
 
 from jaxreg.diagnostics.collapse import softmax_collapse_fraction
-from jaxreg.experiments.report import (
+from jaxreg.losses.classification import stablemax_cross_entropy
+from jaxreg.optim.weight_decay import orthogonal_gradient
+from jaxreg.protocol.report import (
     Claim,
     experiment_parser,
     markdown_table,
@@ -66,8 +68,6 @@ from jaxreg.experiments.report import (
     run_size,
     write_results,
 )
-from jaxreg.losses.classification import stablemax_cross_entropy
-from jaxreg.optim.weight_decay import orthogonal_gradient
 
 HIDDEN = 200
 LEARNING_RATE = 0.01

@@ -26,7 +26,7 @@ import optax
 
 from jaxreg import data as data_lib
 from jaxreg import models, multiobjective, train
-from jaxreg.experiments.report import (
+from jaxreg.protocol.report import (
     Claim,
     experiment_parser,
     markdown_table,
