@@ -22,6 +22,31 @@ def _cmd_list(args) -> int:
     return 0
 
 
+def _cmd_show(args) -> int:
+    import pathlib
+    import re
+
+    from jaxreg import catalog
+    try:
+        entry = catalog.get(args.name)
+    except KeyError as err:
+        raise UsageError(err.args[0]) from None
+    import jaxreg
+
+    tests = None
+    folder = pathlib.Path(jaxreg.__file__).resolve().parents[1] / "tests"
+    if folder.is_dir():  # a clone: the test files that name the entry or its function
+        names = {entry.name, getattr(entry.fn, "__name__", entry.name)}
+        pattern = re.compile(r"\b(" + "|".join(map(re.escape, sorted(names))) + r")\b")
+        tests = {}
+        for path in sorted(folder.rglob("test_*.py")):
+            count = sum(1 for line in path.read_text().splitlines() if pattern.search(line))
+            if count:
+                tests[str(path.relative_to(folder.parent))] = count
+    print(catalog.describe(entry, tests))
+    return 0
+
+
 class UsageError(Exception):
     """A bad name or argument: reported in one line, without a traceback."""
 
@@ -170,6 +195,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("list", help="print the catalog")
     p.add_argument("--family", help="only this family")
     p.add_argument("--page", action="store_true", help="the whole docs/catalog.md page")
+    p = sub.add_parser("show", help="one catalog entry: signature, paper, reference, tests")
+    p.add_argument("name", help="a catalog name, e.g. generalized_cross_entropy")
     p = sub.add_parser("run", help="run an experiment (jaxreg run NAME --help)", add_help=False)
     p.add_argument("experiment")
     p = sub.add_parser("grid", help="train a hyperparameter grid", description=GRID_HELP)
@@ -204,6 +231,8 @@ def main(argv=None) -> int:
     try:
         if args.command == "list":
             return _cmd_list(args)
+        if args.command == "show":
+            return _cmd_show(args)
         if args.command == "run":
             return _cmd_run(args, rest + extra)
         if args.command == "bench":

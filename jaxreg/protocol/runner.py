@@ -9,7 +9,8 @@ beside ``jaxreg/``. It defines
   with a ``variant`` field naming it;
 - ``run(config, out_dir, progress) -> dict``: trains, writes its results in ``out_dir`` and
   returns their JSON payload;
-- optionally ``quick(config) -> config``: the pipeline at toy size (``--quick``).
+- optionally ``quick(config) -> config``: the pipeline at toy size (``--quick``; the
+  ``--set`` overrides apply after it).
 
 Modules whose name starts with ``_`` are helpers of the others, not experiments. The
 directory is found beside the installed ``jaxreg`` package (a clone installed with
@@ -172,12 +173,13 @@ def main(name: str, argv: list[str] | None = None) -> dict:
     """Runs experiment ``name`` with command-line arguments ``argv``; returns its payload."""
     module = load(name)
     args = parser(name, module).parse_args(argv)
-    try:
-        config = config_lib.override(config_lib.load(args.config, module.get_config), args.set)
+    try:  # --set last, so that it also adjusts a --quick run
+        config = config_lib.load(args.config, module.get_config)
+        if getattr(args, "quick", False):
+            config = module.quick(config)
+        config = config_lib.override(config, args.set)
     except (KeyError, ValueError, FileNotFoundError) as err:
         raise ConfigError(err.args[0] if err.args else str(err)) from None
-    if getattr(args, "quick", False):
-        config = module.quick(config)
     default_variant = module.get_config().variant
     out_dir = args.out or os.path.join(
         "runs", name if config.variant == default_variant else f"{name}-{config.variant}")
