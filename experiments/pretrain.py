@@ -413,6 +413,57 @@ def plot_curves(history: list[dict], unigram: float, path: str) -> None:
     plt.close(fig)
 
 
+# Validation windows of the fixed evaluation batch of ``jaxreg diagnose``: evenly spaced, so
+# the same for every run of a config; few, so that the Hessian-vector products stay cheap.
+DIAGNOSE_WINDOWS = 8
+
+
+def diagnosable(config):
+    """The hook of ``jaxreg diagnose runs/pretrain``: the ``TrainState`` the run checkpoints
+    (built as ``run_pretraining`` builds it, abstractly, on one device), and its objective,
+    next-byte cross-entropy plus the z-loss, with its next-byte predictions, on
+    ``DIAGNOSE_WINDOWS`` validation windows evenly spaced over the split."""
+    import jax
+    import jax.numpy as jnp
+
+    from jaxreg import train
+    from jaxreg.data import text
+    from jaxreg.protocol.diagnose import Diagnosable
+
+    if config.ablations.learning_rates:
+        raise ValueError("the ablation grid (--config ablations) writes no checkpoint to "
+                         "diagnose")
+    t = config.train
+    model = model_of(config)
+    key = jax.random.PRNGKey(t.seed)
+    optimizer = make_optimizer(config, t.steps)
+    like_state = jax.eval_shape(
+        lambda k: train.init_state(model.init(k), optimizer, key=jax.random.fold_in(k, 1),
+                                   hparams={"z_loss": config.loss.z_loss}), key)
+    validation = text.load_text("validation", corpus=config.data.corpus,
+                                sequence_length=config.data.sequence_length)
+    windows = jnp.asarray(spread_windows(validation, DIAGNOSE_WINDOWS))
+    objective = make_objective(model)
+    hparams = {"z_loss": jnp.float32(config.loss.z_loss)}
+
+    def loss_fn(params):
+        terms = objective(params, {"tokens": windows}, hparams, None)
+        return terms["cross_entropy"] + terms["z_loss"]
+
+    def logits_fn(params):
+        logits = model.apply(params, windows[:, :-1])
+        return logits.reshape(-1, logits.shape[-1])
+
+    count, length = windows.shape
+    corpus = text.resolve_corpus(config.data.corpus)
+    return Diagnosable(
+        like_state=like_state, loss_fn=loss_fn, logits_fn=logits_fn,
+        labels=windows[:, 1:].reshape(-1),
+        batch=f"{count} validation windows of {length} bytes evenly spaced over the {corpus} "
+              f"validation split ({count * (length - 1):,} next-byte predictions); loss: "
+              "cross-entropy + z-loss")
+
+
 def run(config, out_dir: str, progress: bool) -> dict:
     """The pretraining run, or with ``ablations.learning_rates`` set the ablation grid."""
     use_fake_devices(config.mesh.fake_devices)

@@ -1,4 +1,5 @@
-"""The ``jaxreg`` command: browse the catalog, run an experiment, train a grid, benchmark."""
+"""The ``jaxreg`` command: browse the catalog, run an experiment, diagnose a run, train a
+grid, benchmark."""
 
 from __future__ import annotations
 
@@ -61,6 +62,19 @@ def _cmd_run(args, rest) -> int:
         runner.main(args.experiment, rest)
     except (runner.RunDirectoryError, runner.ConfigError) as err:
         raise UsageError(str(err)) from None
+    return 0
+
+
+def _cmd_diagnose(args) -> int:
+    from jaxreg.protocol import diagnose
+    try:
+        payload = diagnose.diagnose(args.run_dir, experiment=args.experiment, out_dir=args.out)
+    except diagnose.DiagnoseError as err:
+        raise UsageError(str(err)) from None
+    print(diagnose.table(payload))
+    out = args.out if args.out is not None else args.run_dir
+    print(f"wrote {os.path.join(out, 'diagnostics.md')}, diagnostics.json and landscape.png",
+          file=sys.stderr)
     return 0
 
 
@@ -199,6 +213,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name", help="a catalog name, e.g. generalized_cross_entropy")
     p = sub.add_parser("run", help="run an experiment (jaxreg run NAME --help)", add_help=False)
     p.add_argument("experiment")
+    p = sub.add_parser("diagnose", help="Hessian, calibration and loss landscape of a run's "
+                                        "checkpoint (jaxreg diagnose runs/pretrain)",
+                       description="Restores the last checkpoint of RUN_DIR and measures, on a "
+                                   "fixed evaluation batch, the Hessian's top eigenvalue (power "
+                                   "iteration) and trace (Hutchinson), the expected calibration "
+                                   "error and a 1-D filter-normalized loss landscape; writes "
+                                   "diagnostics.md, diagnostics.json and landscape.png.")
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory with checkpoints, e.g. "
+                                                      "runs/pretrain")
+    p.add_argument("--experiment", metavar="NAME",
+                   help="the experiment that wrote it (default: from RUN_DIR's name)")
+    p.add_argument("--out", metavar="DIR", help="write the files here (default: RUN_DIR)")
     p = sub.add_parser("grid", help="train a hyperparameter grid", description=GRID_HELP)
     p.add_argument("--loss", required=True, help="a catalog name, e.g. generalized_cross_entropy")
     p.add_argument("--set", action="append", default=[], metavar="NAME=V1,V2,...")
@@ -237,6 +263,8 @@ def main(argv=None) -> int:
             return _cmd_run(args, rest + extra)
         if args.command == "bench":
             return _cmd_bench(args, extra)
+        if args.command == "diagnose":
+            return _cmd_diagnose(args)
         return _cmd_grid(args)
     except UsageError as err:
         print(f"jaxreg {args.command}: error: {err}", file=sys.stderr)
