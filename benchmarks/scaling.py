@@ -53,10 +53,11 @@ def child(devices: int, blocks: int, out: str, d_model: int, layers: int) -> Non
     import numpy as np
 
     from jaxreg import train
-    from jaxreg.experiments import pretrain
+    from jaxreg.protocol.runner import load
     from jaxreg.train import sharding
 
     assert jax.device_count() == devices, jax.devices()
+    pretrain = load("pretrain")
     config = pretrain.get_config("cpu")
     config.train.batch_size = 32
     config.model.update(d_model=d_model, num_layers=layers, mlp_dim=4 * d_model)

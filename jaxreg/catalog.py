@@ -12,6 +12,8 @@ the function uses; each may be a traced array, so the tests vmap over each).
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import inspect
 from collections.abc import Callable, Mapping
 from types import MappingProxyType
 
@@ -565,12 +567,45 @@ if len(_BY_NAME) != len(ENTRIES):
 
 
 def get(name: str) -> Entry:
-    """Returns the entry called ``name``; the error lists the valid names."""
+    """Returns the entry called ``name``; the error suggests the closest names and lists the
+    valid ones."""
     try:
         return _BY_NAME[name]
     except KeyError:
-        raise KeyError(f"unknown component {name!r}; the catalog has: "
+        close = difflib.get_close_matches(name, list(_BY_NAME), n=3)
+        hint = f" (did you mean {', '.join(close)}?)" if close else ""
+        raise KeyError(f"unknown component {name!r}{hint}; the catalog has: "
                        f"{', '.join(sorted(_BY_NAME))}") from None
+
+
+def describe(entry: Entry, tests: Mapping[str, int] | None = None) -> str:
+    """``jaxreg show NAME``: the entry's signature, paper, reference, call convention,
+    hyperparameters, docstring and (``tests``: ``{path: lines}``) the tests that name it."""
+    fn = entry.fn
+    where = f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', entry.name)}"
+    try:
+        signature = f"{entry.name}{inspect.signature(fn)}"
+    except (TypeError, ValueError):
+        signature = entry.name
+    lines = [signature, "", f"  {where}  ({entry.family}; provided by {entry.provider})",
+             f"  paper:     {entry.paper}" + (f", https://arxiv.org/abs/{entry.arxiv}"
+                                              if entry.arxiv else ""),
+             f"  matches:   {entry.reference}",
+             f"  inputs:    {entry.inputs}: {INPUT_KINDS[entry.inputs]}"]
+    if entry.hparams:
+        lines.append("  hparams:   " + ", ".join(f"{k}={v}" for k, v in entry.hparams.items()))
+    if entry.stops_gradient:
+        lines.append(f"  no gradient through: {entry.stops_gradient}")
+    if entry.claims:
+        lines.append("  claims:    " + "; ".join(f"{c} ({CLAIMS[c]})" for c in entry.claims))
+    if tests is not None:
+        named = ", ".join(f"{path} ({n} lines)" for path, n in tests.items())
+        lines.append(f"  tests:     {named or 'none name it'}; every entry also runs through "
+                     "the catalog-driven contract suites (tests/**/test_contract.py)")
+    doc = inspect.getdoc(fn)
+    if doc:
+        lines += ["", *("  " + line if line else "" for line in doc.splitlines())]
+    return "\n".join(lines)
 
 
 def entries(family: str | None = None) -> tuple[Entry, ...]:

@@ -1,4 +1,5 @@
-"""The ``jaxreg`` command: browse the catalog, run an experiment, train a grid, benchmark."""
+"""The ``jaxreg`` command: browse the catalog, run an experiment, diagnose a run, train a
+grid, benchmark."""
 
 from __future__ import annotations
 
@@ -22,17 +23,58 @@ def _cmd_list(args) -> int:
     return 0
 
 
+def _cmd_show(args) -> int:
+    import pathlib
+    import re
+
+    from jaxreg import catalog
+    try:
+        entry = catalog.get(args.name)
+    except KeyError as err:
+        raise UsageError(err.args[0]) from None
+    import jaxreg
+
+    tests = None
+    folder = pathlib.Path(jaxreg.__file__).resolve().parents[1] / "tests"
+    if folder.is_dir():  # a clone: the test files that name the entry or its function
+        names = {entry.name, getattr(entry.fn, "__name__", entry.name)}
+        pattern = re.compile(r"\b(" + "|".join(map(re.escape, sorted(names))) + r")\b")
+        tests = {}
+        for path in sorted(folder.rglob("test_*.py")):
+            count = sum(1 for line in path.read_text().splitlines() if pattern.search(line))
+            if count:
+                tests[str(path.relative_to(folder.parent))] = count
+    print(catalog.describe(entry, tests))
+    return 0
+
+
 class UsageError(Exception):
     """A bad name or argument: reported in one line, without a traceback."""
 
 
 def _cmd_run(args, rest) -> int:
-    from jaxreg import experiments
+    from jaxreg.protocol import runner
     try:
-        main_fn = experiments.get(args.experiment)
-    except KeyError as err:
+        runner.load(args.experiment)
+    except (KeyError, FileNotFoundError) as err:
         raise UsageError(err.args[0]) from None
-    main_fn(rest)
+    try:
+        runner.main(args.experiment, rest)
+    except (runner.RunDirectoryError, runner.ConfigError) as err:
+        raise UsageError(str(err)) from None
+    return 0
+
+
+def _cmd_diagnose(args) -> int:
+    from jaxreg.protocol import diagnose
+    try:
+        payload = diagnose.diagnose(args.run_dir, experiment=args.experiment, out_dir=args.out)
+    except diagnose.DiagnoseError as err:
+        raise UsageError(str(err)) from None
+    print(diagnose.table(payload))
+    out = args.out if args.out is not None else args.run_dir
+    print(f"wrote {os.path.join(out, 'diagnostics.md')}, diagnostics.json and landscape.png",
+          file=sys.stderr)
     return 0
 
 
@@ -54,7 +96,7 @@ def _cmd_grid(args) -> int:
     import optax
 
     from jaxreg import catalog, data, models, train
-    from jaxreg.experiments.report import markdown_table, mean_std, write_json
+    from jaxreg.protocol.report import markdown_table, mean_std, write_json
 
     try:
         entry = catalog.get(args.loss)
@@ -167,8 +209,22 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("list", help="print the catalog")
     p.add_argument("--family", help="only this family")
     p.add_argument("--page", action="store_true", help="the whole docs/catalog.md page")
+    p = sub.add_parser("show", help="one catalog entry: signature, paper, reference, tests")
+    p.add_argument("name", help="a catalog name, e.g. generalized_cross_entropy")
     p = sub.add_parser("run", help="run an experiment (jaxreg run NAME --help)", add_help=False)
     p.add_argument("experiment")
+    p = sub.add_parser("diagnose", help="Hessian, calibration and loss landscape of a run's "
+                                        "checkpoint (jaxreg diagnose runs/pretrain)",
+                       description="Restores the last checkpoint of RUN_DIR and measures, on a "
+                                   "fixed evaluation batch, the Hessian's top eigenvalue (power "
+                                   "iteration) and trace (Hutchinson), the expected calibration "
+                                   "error and a 1-D filter-normalized loss landscape; writes "
+                                   "diagnostics.md, diagnostics.json and landscape.png.")
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory with checkpoints, e.g. "
+                                                      "runs/pretrain")
+    p.add_argument("--experiment", metavar="NAME",
+                   help="the experiment that wrote it (default: from RUN_DIR's name)")
+    p.add_argument("--out", metavar="DIR", help="write the files here (default: RUN_DIR)")
     p = sub.add_parser("grid", help="train a hyperparameter grid", description=GRID_HELP)
     p.add_argument("--loss", required=True, help="a catalog name, e.g. generalized_cross_entropy")
     p.add_argument("--set", action="append", default=[], metavar="NAME=V1,V2,...")
@@ -201,10 +257,14 @@ def main(argv=None) -> int:
     try:
         if args.command == "list":
             return _cmd_list(args)
+        if args.command == "show":
+            return _cmd_show(args)
         if args.command == "run":
             return _cmd_run(args, rest + extra)
         if args.command == "bench":
             return _cmd_bench(args, extra)
+        if args.command == "diagnose":
+            return _cmd_diagnose(args)
         return _cmd_grid(args)
     except UsageError as err:
         print(f"jaxreg {args.command}: error: {err}", file=sys.stderr)

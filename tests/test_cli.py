@@ -16,8 +16,9 @@ def test_list_prints_every_entry(capsys):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["run", "nope"], "unknown experiment 'nope'; available: noisy-labels"),
+    (["run", "nope"], "unknown experiment 'nope'; available: auxiliary, fairness"),
     (["list", "--family", "nope"], "unknown family 'nope'"),
+    (["show", "generalised_cross_entropy"], "(did you mean generalized_cross_entropy"),
     (["grid", "--loss", "nope", "--set", "q=1"], "unknown component 'nope'; the catalog has:"),
     (["grid", "--loss", "generalized_cross_entropy", "--set", "q=0.3,0.7",
       "--set", "learning_rate=0.1"], "same length"),
@@ -60,3 +61,16 @@ def test_bench_command_writes_a_markdown_page(tmp_path, capsys):
     assert "## `benchmarks/overhead.py`" in text and "make_step agg(1)" in text
     assert cli.main(["bench", "speed"]) == 2
     assert "unknown benchmark(s) ['speed']" in capsys.readouterr().err
+
+
+def test_show_prints_one_entry(capsys):
+    assert cli.main(["show", "generalized_cross_entropy"]) == 0
+    out = capsys.readouterr().out
+    entry = catalog.get("generalized_cross_entropy")
+    assert out.startswith("generalized_cross_entropy(logits, labels, *, q=")
+    assert entry.paper in out and f"https://arxiv.org/abs/{entry.arxiv}" in out
+    assert entry.reference in out and "hparams:   q=0.7" in out
+    assert "tests/losses/test_noisy_labels.py" in out
+    assert "Zhang & Sabuncu" in out or "Generalized Cross Entropy" in out  # the docstring
+    assert cli.main(["show", "upgrad"]) == 0
+    assert "claims:    non_conflicting" in capsys.readouterr().out

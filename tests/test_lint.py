@@ -8,6 +8,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_ruff_is_clean():
-    out = subprocess.run([sys.executable, "-m", "ruff", "check", "jaxreg", "benchmarks", "tests"],
+    out = subprocess.run([sys.executable, "-m", "ruff", "check", "jaxreg", "experiments",
+                          "benchmarks", "tests"],
                          cwd=ROOT, capture_output=True, text=True)
     assert out.returncode == 0, out.stdout + out.stderr

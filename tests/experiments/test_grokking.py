@@ -5,7 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxreg.experiments import grokking
+from experiments import grokking
+from jaxreg.protocol import runner
 
 
 def test_modular_addition_and_the_one_hot_lookup():
@@ -20,7 +21,7 @@ def test_modular_addition_and_the_one_hot_lookup():
     w1, w2, w3 = params
     dense = jax.nn.relu(jax.nn.relu(one_hot @ w1) @ w2) @ w3
     np.testing.assert_allclose(grokking.apply_mlp(params, pairs), dense, rtol=1e-6, atol=1e-6)
-    task = grokking.split(np.random.default_rng(0), 5)
+    task = grokking.split(np.random.default_rng(0), 5, 0.4)
     assert task["train"][0].shape == (10, 2) and task["test"][0].shape == (15, 2)
     both = np.concatenate([task["train"][0], task["test"][0]])
     assert len({tuple(p) for p in both.tolist()}) == 25  # a partition of the pairs
@@ -40,11 +41,14 @@ def test_claims_follow_the_rules():
 
 
 def test_quick_run_structure_and_sanity(tmp_path):
-    payload = grokking.main(["--quick", "--out", str(tmp_path), "--no-progress"])
-    assert payload["steps"] == 20 and payload["logged_steps"] == [10, 20]
-    assert payload["modulus"] == 11 and payload["seeds"] == [0, 1]
-    assert list(payload["variants"]) == list(grokking.VARIANTS)
-    for name, r in payload["variants"].items():
+    payload = runner.main("grokking", ["--quick", "--out", str(tmp_path), "--no-progress"])
+    config = payload["config"]
+    assert config["train"]["steps"] == 20 and payload["logged_steps"] == [10, 20]
+    assert config["data"]["modulus"] == 11 and config["train"]["seeds"] == (0, 1)
+    assert config["variant"] == "cpu" and payload["train_size"] == 48
+    assert list(payload["results"]) == list(grokking.METHODS) == list(payload["methods"])
+    assert [m["beta2"] for m in payload["methods"].values()] == [0.99, 0.999, 0.99, 0.999]
+    for name, r in payload["results"].items():
         for key in ("test_accuracy", "train_accuracy", "train_sc_fraction", "train_loss"):
             values = np.asarray(r[key])
             assert values.shape == (2, 2), (name, key)  # seeds, logged steps
@@ -53,15 +57,43 @@ def test_quick_run_structure_and_sanity(tmp_path):
             assert np.all((np.asarray(r[key]) >= 0) & (np.asarray(r[key]) <= 1)), (name, key)
         assert np.all(np.asarray(r["train_loss"]) >= 0)
     # the traced flags select different losses / updates: no two variants train alike
-    losses = [np.asarray(r["train_loss"]) for r in payload["variants"].values()]
+    losses = [np.asarray(r["train_loss"]) for r in payload["results"].values()]
     assert not np.allclose(losses[0], losses[1]) and not np.allclose(losses[0], losses[2])
     assert len(payload["claims"]) == 3
-    assert json.loads((tmp_path / "results.json").read_text())["modulus"] == 11
-    assert "| variant | train acc % | test acc %" in (tmp_path / "results.md").read_text()
+    saved = json.loads((tmp_path / "results.json").read_text())["config"]
+    assert saved["data"]["modulus"] == 11
+    assert json.loads((tmp_path / "config.json").read_text()) == saved
+    text = (tmp_path / "results.md").read_text()
+    assert "| method | train acc % | test acc %" in text
+    assert "Variant `cpu`" in text and "`config.json`" in text
     assert (tmp_path / "grokking.png").stat().st_size > 0
+
+
+def test_variants_and_set_reach_the_run(tmp_path):
+    cpu, gpu = grokking.get_config(), grokking.get_config("gpu")
+    assert (cpu.data.modulus, cpu.train.steps, cpu.train.log_every) == (41, 4000, 100)
+    assert (gpu.data.modulus, gpu.train.steps, gpu.train.log_every,
+            gpu.train.matmul_precision) == (113, 80_000, 2000, "highest")
+    with pytest.raises(ValueError, match="unknown grokking variant 'tpu'; variants: cpu, gpu"):
+        grokking.get_config("tpu")
+    payload = runner.main("grokking", [
+        "--config", "gpu", "--set", "data.modulus=7", "--set", "train.steps=6",
+        "--set", "train.log_every=3", "--set", "train.seeds=0", "--set", "model.hidden=8",
+        "--set", "methods.names=softmax CE,softmax CE + ⊥Adam", "--set", "methods.beta2=0.9,0.95",
+        "--out", str(tmp_path / "set"), "--no-progress"])
+    assert payload["logged_steps"] == [3, 6] and payload["train_size"] == int(0.4 * 49)
+    assert list(payload["results"]) == ["softmax CE", "softmax CE + ⊥Adam"]
+    assert [m["beta2"] for m in payload["methods"].values()] == [0.9, 0.95]
+    assert np.shape(payload["results"]["softmax CE"]["test_accuracy"]) == (1, 2)
+    assert len(payload["claims"]) == 2  # softmax's and ⊥Adam's; StableMax did not run
+    assert "MLP 14-8-8-7" in (tmp_path / "set" / "results.md").read_text()
+    with pytest.raises(ValueError, match=r"train.steps \(10\) must be a multiple"):
+        runner.main("grokking", ["--set", "train.steps=10", "--set",
+                                 "train.log_every=3", "--out", str(tmp_path / "bad"),
+                                 "--no-progress"])
 
 
 @pytest.mark.slow
 def test_full_run(tmp_path):
-    payload = grokking.main(["--out", str(tmp_path), "--no-progress"])
-    assert np.mean(payload["variants"]["softmax CE"]["train_accuracy"], 0)[-1] > 0.99
+    payload = runner.main("grokking", ["--out", str(tmp_path), "--no-progress"])
+    assert np.mean(payload["results"]["softmax CE"]["train_accuracy"], 0)[-1] > 0.99

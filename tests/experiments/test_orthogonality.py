@@ -3,7 +3,8 @@ import json
 import numpy as np
 import pytest
 
-from jaxreg.experiments import orthogonality
+from experiments import orthogonality
+from jaxreg.protocol import runner
 
 
 def test_kernel_measures_of_an_orthonormal_and_a_scaled_kernel():
@@ -28,19 +29,38 @@ def test_claims_follow_the_paired_rules():
 
 
 def test_quick_run_reports_every_strength(tmp_path):
-    payload = orthogonality.main(["--quick", "--out", str(tmp_path), "--no-progress",
-                                  "--strengths", "0", "1"])
-    assert payload["strengths"] == [0.0, 1.0]
+    payload = runner.main("orthogonality", ["--quick", "--out", str(tmp_path), "--no-progress",
+                                            "--set", "regularizer.strengths=0,1"])
+    assert payload["config"]["regularizer"]["strengths"] == (0.0, 1.0)
     for name, r in payload["variants"].items():
         for key in ("test_accuracy", "worst_error", "worst_condition", "train_cross_entropy"):
             assert np.shape(r[key]) == (2, 2), (name, key)  # strengths, seeds
             assert np.all(np.isfinite(r[key])), (name, key)
         assert np.all(np.asarray(r["worst_condition"]) >= 1.0)
-    assert json.loads((tmp_path / "results.json").read_text())["epochs"] == 2
+    saved = json.loads((tmp_path / "results.json").read_text())["config"]
+    assert saved["train"]["epochs"] == 2 and saved["train"]["seeds"] == [0, 1]
+    assert json.loads((tmp_path / "config.json").read_text()) == saved
+    assert "Variant `default`" in (tmp_path / "results.md").read_text()
     assert (tmp_path / "orthogonality.png").stat().st_size > 0
+
+
+def test_set_reaches_the_run_and_bad_variants_are_named(tmp_path):
+    payload = runner.main("orthogonality", [
+        "--quick", "--out", str(tmp_path), "--no-progress", "--set", "model.hidden=16,8",
+        "--set", "regularizer.strengths=0,0.5", "--set", "regularizer.masks=hidden kernels",
+        "--set", "train.epochs=1"])
+    assert list(payload["variants"]) == ["hidden kernels"]
+    assert payload["variants"]["hidden kernels"]["kernels"] == [
+        "['params']['Dense_0']['kernel']", "['params']['Dense_1']['kernel']"]
+    assert "MLP 64-16-8-10" in (tmp_path / "results.md").read_text()
+    with pytest.raises(ValueError, match="unknown orthogonality variant 'big'.*default"):
+        orthogonality.get_config("big")
+    with pytest.raises(ValueError, match="must start with 0"):
+        runner.main("orthogonality", ["--quick", "--out", str(tmp_path / "bad"),
+                                      "--no-progress", "--set", "regularizer.strengths=1"])
 
 
 @pytest.mark.slow
 def test_full_run(tmp_path):
-    payload = orthogonality.main(["--out", str(tmp_path), "--no-progress"])
+    payload = runner.main("orthogonality", ["--out", str(tmp_path), "--no-progress"])
     assert np.mean(payload["variants"]["all kernels"]["test_accuracy"][0]) > 0.9

@@ -7,13 +7,15 @@ import sys
 import numpy as np
 import pytest
 
-from jaxreg.experiments import pretrain, pretrain_ablations
+from experiments import _pretrain_ablations as pretrain_ablations
+from experiments import pretrain
+from jaxreg.protocol import runner
 
 
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("pretrain")
-    return out, pretrain.main(["--quick", "--out", str(out), "--no-progress"])
+    return out, runner.main("pretrain", ["--quick", "--out", str(out), "--no-progress"])
 
 
 def test_quick_run_writes_its_results(quick_run):
@@ -35,8 +37,8 @@ def test_quick_run_writes_its_results(quick_run):
 
 def test_the_saved_config_repeats_the_run(quick_run, tmp_path):
     out, payload = quick_run
-    again = pretrain.main(["--config", str(out / "config.json"), "--out", str(tmp_path),
-                           "--no-progress"])
+    again = runner.main("pretrain", ["--config", str(out / "config.json"),
+                                     "--out", str(tmp_path), "--no-progress"])
     assert again["config"] == payload["config"]
     assert again["final"] == payload["final"]  # the same run, to the last bit
     assert again["history"] == payload["history"]
@@ -44,11 +46,12 @@ def test_the_saved_config_repeats_the_run(quick_run, tmp_path):
 
 def test_rerunning_into_the_run_directory_resumes(quick_run):
     out, payload = quick_run
-    again = pretrain.main(["--quick", "--out", str(out), "--no-progress"])
+    again = runner.main("pretrain", ["--quick", "--out", str(out), "--no-progress"])
     assert again["history"] == payload["history"] and again["final"] == payload["final"]
-    with pytest.raises(ValueError, match="different run"):
-        pretrain.main(["--quick", "--out", str(out), "--no-progress",
-                       "--set", "optimizer.learning_rate=0.5"])
+    with pytest.raises(runner.RunDirectoryError,
+                       match="optimizer.learning_rate: was 0.003, now 0.5"):
+        runner.main("pretrain", ["--quick", "--out", str(out), "--no-progress",
+                                 "--set", "optimizer.learning_rate=0.5"])
 
 
 def test_fsdp_on_fake_devices_matches_one_device(quick_run, tmp_path):
@@ -69,8 +72,8 @@ def test_fsdp_on_fake_devices_matches_one_device(quick_run, tmp_path):
 
 
 def test_quick_ablations(tmp_path):
-    payload = pretrain.main(["--quick", "--config", "ablations", "--out", str(tmp_path),
-                             "--no-progress"])
+    payload = runner.main("pretrain", ["--quick", "--config", "ablations",
+                                       "--out", str(tmp_path), "--no-progress"])
     # 2 learning rates x 2 z-losses x 2 couplings, 1 seed
     assert np.asarray(payload["final_loss"]).shape == (2, 2, 2, 1)
     assert np.asarray(payload["sensitivity"]).shape == (2, 2, 1)

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 from jax.flatten_util import ravel_pytree
 
+from experiments import sharpness
 from jaxreg import models
-from jaxreg.experiments import sharpness
+from jaxreg.protocol import runner
 
 
 def test_hessian_metrics_per_member_match_the_dense_hessian():
@@ -46,8 +47,8 @@ def test_claims_follow_the_paired_rules():
 
 
 def test_quick_run_reports_every_method(tmp_path):
-    payload = sharpness.main(["--quick", "--out", str(tmp_path), "--no-progress",
-                              "--asam-rho", "0.5"])
+    payload = runner.main("sharpness", ["--quick", "--out", str(tmp_path), "--no-progress",
+                                        "--set", "asam.rhos=0.5"])
     methods = payload["methods"]
     assert set(methods) == {"SGD", "SAM", "ASAM"}
     assert methods["SAM"]["rhos"] == [0.05, 0.1] and methods["ASAM"]["rhos"] == [0.5]
@@ -62,13 +63,31 @@ def test_quick_run_reports_every_method(tmp_path):
         np.testing.assert_allclose(np.sum(spectrum["weights"]), 1.0, rtol=1e-4)
         assert max(spectrum["nodes"]) > 0  # a trained network's Hessian has a positive bulk
     assert len(payload["claims"]) == 4
-    assert (tmp_path / "sharpness.png").exists()
-    assert json.loads((tmp_path / "results.json").read_text())["epochs"] == 2
-    assert (tmp_path / "results.md").read_text().count("| SAM |") == 2
+    saved = json.loads((tmp_path / "results.json").read_text())["config"]
+    assert saved["train"]["epochs"] == 2 and saved["train"]["seeds"] == [0, 1]
+    assert saved["hessian"]["power_iterations"] == saved["hessian"]["lanczos_steps"] == 5
+    assert json.loads((tmp_path / "config.json").read_text()) == saved
+    text = (tmp_path / "results.md").read_text()
+    assert text.count("| SAM |") == 2 and "Variant `default`" in text
     assert (tmp_path / "sharpness.png").stat().st_size > 0
+
+
+def test_set_reaches_the_run_and_bad_variants_are_named(tmp_path):
+    payload = runner.main("sharpness", [
+        "--quick", "--out", str(tmp_path), "--no-progress", "--set", "model.hidden=16",
+        "--set", "sam.rhos=0.2", "--set", "asam.rhos=0.7", "--set", "asam.eta=0.02",
+        "--set", "optimizer.learning_rate=0.1"])
+    assert payload["methods"]["SAM"]["rhos"] == [0.2]
+    assert payload["methods"]["ASAM"]["rhos"] == [0.7]
+    assert payload["claims"][0]["claim"].startswith("SAM (rho = 0.2)")
+    text = (tmp_path / "results.md").read_text()
+    assert "MLP 64-16-10, SGD (momentum 0.9, learning rate 0.1" in text
+    assert "ASAM eta = 0.02" in text
+    with pytest.raises(ValueError, match="unknown sharpness variant 'big'.*default"):
+        sharpness.get_config("big")
 
 
 @pytest.mark.slow
 def test_full_run(tmp_path):
-    payload = sharpness.main(["--out", str(tmp_path), "--no-progress"])
+    payload = runner.main("sharpness", ["--out", str(tmp_path), "--no-progress"])
     assert np.mean(payload["methods"]["SGD"]["test_accuracy"]) > 0.9

@@ -3,7 +3,8 @@ import json
 import numpy as np
 import pytest
 
-from jaxreg.experiments import vat
+from experiments import vat
+from jaxreg.protocol import runner
 
 
 def test_choose_epsilon_keeps_the_official_mnist_ratio():
@@ -35,8 +36,8 @@ def test_claims_follow_the_paired_rule():
 
 
 def test_quick_run_reports_every_method(tmp_path):
-    payload = vat.main(["--quick", "--out", str(tmp_path), "--no-progress",
-                        "--methods", "supervised", "VAT"])
+    payload = runner.main("vat", ["--quick", "--out", str(tmp_path), "--no-progress",
+                                  "--set", "methods=supervised,VAT"])
     assert list(payload["methods"]) == ["supervised", "VAT"]
     for name, r in payload["methods"].items():
         assert np.shape(r["test_accuracy_curve"]) == (2, 2), name  # seeds, epochs
@@ -49,11 +50,29 @@ def test_quick_run_reports_every_method(tmp_path):
     assert [c["claim"] for c in payload["claims"]] == [
         "VAT improves test accuracy over supervised with 100 labels"]
     assert payload["claims_hvp"] == []
-    assert json.loads((tmp_path / "results.json").read_text())["epochs"] == 2
+    saved = json.loads((tmp_path / "results.json").read_text())["config"]
+    assert saved["train"]["epochs"] == 2 and saved["train"]["seeds"] == [0, 1]
+    assert json.loads((tmp_path / "config.json").read_text()) == saved
+    assert "Variant `default`" in (tmp_path / "results.md").read_text()
     assert (tmp_path / "vat.png").stat().st_size > 0
+
+
+def test_set_reaches_the_run_and_bad_variants_are_named(tmp_path):
+    payload = runner.main("vat", [
+        "--quick", "--out", str(tmp_path), "--no-progress", "--set", "methods=RPT",
+        "--set", "model.hidden=16", "--set", "loss.epsilon=0.2", "--set", "loss.alpha=0.5",
+        "--set", "train.labelled_batch=16"])
+    assert list(payload["methods"]) == ["RPT"] and payload["epsilon"] == 0.2
+    text = (tmp_path / "results.md").read_text()
+    assert "MLP 64-16-10" in text and "labelled batch 16" in text
+    assert "alpha = 0.5" in text and "epsilon = 0.2 (set)" in text
+    with pytest.raises(ValueError, match="unknown vat variant 'big'.*default"):
+        vat.get_config("big")
+    with pytest.raises(ValueError, match="methods: unknown \\['PI'\\]"):
+        vat.methods(vat.config_lib.replace(vat.get_config(), {"methods": ("PI",)}))
 
 
 @pytest.mark.slow
 def test_full_run(tmp_path):
-    payload = vat.main(["--out", str(tmp_path), "--no-progress"])
+    payload = runner.main("vat", ["--out", str(tmp_path), "--no-progress"])
     assert np.mean(payload["methods"]["supervised"]["test_accuracy"]) > 0.6

@@ -6,7 +6,8 @@ import numpy as np
 import optax
 import pytest
 
-from jaxreg.experiments import weight_decay as wd
+from experiments import weight_decay as wd
+from jaxreg.protocol import runner
 
 LRS = [1e-4, 1e-3, 1e-2]
 DECAYS = [1e-3, 1e-2, 1e-1]
@@ -91,7 +92,7 @@ def test_l2_penalty_covers_kernels_only():
 
 
 def test_quick_run_reports_each_grid(tmp_path):
-    payload = wd.main(["--quick", "--out", str(tmp_path), "--no-progress"])
+    payload = runner.main("weight-decay", ["--quick", "--out", str(tmp_path), "--no-progress"])
     grids = {"Adam + L2": [1e-5, 1e-1], "AdamW (optax)": [1e-3, 10.0]}
     for name, r in payload["methods"].items():
         assert np.shape(r["test_error"]) == (2, 2, 2), name  # lr, decay, seed
@@ -100,13 +101,36 @@ def test_quick_run_reports_each_grid(tmp_path):
         if name in grids:
             assert r["decays"] == grids[name]
     assert len(payload["claims"]) == 3
-    assert json.loads((tmp_path / "results.json").read_text())["epochs"] == 1
+    saved = json.loads((tmp_path / "results.json").read_text())["config"]
+    assert saved["train"]["epochs"] == 1 and saved["train"]["seeds"] == [0, 1]
+    assert saved["sweep"]["learning_rates"] == [1e-4, 1e-2]
+    assert json.loads((tmp_path / "config.json").read_text()) == saved
+    assert "Variant `default`: 1437 training images" in (tmp_path / "results.md").read_text()
     assert (tmp_path / "weight_decay.png").stat().st_size > 0
+
+
+def test_small_variant_and_set_reach_the_run(tmp_path):
+    small = wd.get_config("small")
+    assert (small.data.train_per_class, small.train.epochs, small.train.batch_size,
+            tuple(small.sweep.learning_rates)) == (20, 150, 32, (3e-4, 1e-3, 3e-3, 1e-2, 3e-2))
+    assert wd.get_config().data.train_per_class == 0
+    payload = runner.main("weight-decay", [
+        "--config", "small", "--quick", "--out", str(tmp_path), "--no-progress",
+        "--set", "model.hidden=16", "--set", "sweep.decays=0.01,1",
+        "--set", "evaluation.bootstrap=50"])
+    assert payload["train_size"] == 200
+    assert payload["methods"]["AdamW (optax)"]["decays"] == [0.01, 1.0]  # --set after --quick
+    assert payload["methods"]["decoupled (jaxreg)"]["learning_rates"] == [3e-4, 3e-2]
+    assert payload["config"]["evaluation"]["bootstrap"] == 50
+    text = (tmp_path / "results.md").read_text()
+    assert "Variant `small`: 200 training images. MLP 64-16-10, Adam (batch 32" in text
+    with pytest.raises(ValueError, match="unknown weight-decay variant 'tiny'.*default, small"):
+        wd.get_config("tiny")
 
 
 @pytest.mark.slow
 def test_full_run(tmp_path):
-    payload = wd.main(["--out", str(tmp_path), "--no-progress"])
+    payload = runner.main("weight-decay", ["--out", str(tmp_path), "--no-progress"])
     errors = np.asarray(payload["methods"]["decoupled (jaxreg)"]["test_error"])
     assert errors.mean(-1).min() < 0.1
 

@@ -20,7 +20,8 @@ Measures on held-out data (validation for the calibration, test for the reported
 accuracy (threshold 0.5); demographic-parity gaps, max - min over groups of the positive
 prediction rate, for race, sex, age group (< 25, 25-45, > 45) and the intersectional race x sex
 subgroups, and the same gap of the mean score for the subgroups (groups with fewer than
-``MIN_GROUP`` members in the split are left out of max - min gaps); and the generalised
+20 members, ``evaluation.min_group``, in the split are left out of max - min gaps); and the
+generalised
 Jensen-Shannon divergence (``jensen_shannon_divergence``, proportion weights) of the scores
 between the race x sex subgroups.
 
@@ -39,6 +40,16 @@ per-attribute, SE = standard error of the paired difference): AGREES if the inte
 positive-rate gap difference is at most 2 SE (not worse) and the accuracy difference is at
 least -(1 point + 2 SE). If CCdCov never reaches the target JSD: DOES NOT AGREE; if only the
 per-attribute sum never reaches it, CCdCov is compared with it at its largest strength.
+
+The protocol is one config (``get_config``; any field can be set with ``--set``, e.g.
+``--set penalty.strengths=0,1,10 --set data.datasets=COMPAS``). Variant:
+
+- ``default``: the protocol above: both datasets, splits 0.5 / 0.2 / 0.3 (seed 0), MLP 16,
+  Adam 5e-3, batch 128, 20 epochs, seeds 0-3, strengths (0, 0.25, 1, 4, 16, 64, 256), JdCov
+  c = 1, calibration at half the unpenalized validation JSD, groups of at least 20 in the
+  gaps, JSD with a kernel bandwidth of 0.15 on 1000 points.
+
+``--quick``: two seeds, two epochs, and COMPAS alone when both datasets are asked for.
 """
 
 from __future__ import annotations
@@ -49,27 +60,17 @@ import time
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import optax
 
 from jaxreg import models, train
 from jaxreg.data import fairness as fairness_data
-from jaxreg.experiments.report import (
-    Claim,
-    experiment_parser,
-    markdown_table,
-    mean_std,
-    run_size,
-    write_results,
-)
+from jaxreg.protocol import config as config_lib
+from jaxreg.protocol.report import Claim, markdown_table, mean_std, write_results
 from jaxreg.regularizers import fairness
 
-HIDDEN = (16,)
-LEARNING_RATE = 5e-3
-FRACTIONS = (0.5, 0.2, 0.3)  # train, validation, test
-MIN_GROUP = 20
-STRENGTHS = (0.0, 0.25, 1.0, 4.0, 16.0, 64.0, 256.0)
-PENALTIES = {
+PENALTIES = {  # the claim compares CCdCov with the per-attribute sum: both always run
     "per-attribute dCov": fairness.per_attribute_distance_covariance,
     "JdCov": fairness.joint_distance_covariance,
     "CCdCov": fairness.concatenated_distance_covariance,
@@ -78,6 +79,40 @@ DATASETS = {
     "COMPAS": (fairness_data.load_compas, fairness_data.COMPAS_RACES),
     "Arrests": (fairness_data.load_arrests, fairness_data.ARRESTS_COLOURS),
 }
+VARIANTS = ("default",)
+
+
+def get_config(variant: str = "default") -> ml_collections.ConfigDict:
+    """The whole protocol of ``jaxreg run fairness`` (variants: see the module doc)."""
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown fairness variant {variant!r}; variants: "
+                         + ", ".join(VARIANTS))
+    config = ml_collections.ConfigDict()
+    config.variant = variant
+    # each dataset split once, with split_seed, into train / validation / test fractions
+    config.data = dict(datasets=tuple(DATASETS), fractions=(0.5, 0.2, 0.3), split_seed=0)
+    config.model = dict(hidden=(16,))  # ReLU MLP, one logit
+    config.optimizer = dict(learning_rate=5e-3)  # Adam
+    config.train = dict(epochs=20, batch_size=128, seeds=(0, 1, 2, 3))
+    # every penalty of PENALTIES at every strength (0 first: the unpenalized baseline);
+    # jdcov_c: JdCov's c
+    config.penalty = dict(strengths=(0.0, 0.25, 1.0, 4.0, 16.0, 64.0, 256.0), jdcov_c=1.0)
+    # each penalty is retrained at the strength where the mean validation intersectional
+    # JSD reaches target_fraction x the unpenalized one
+    config.calibration = dict(target_fraction=0.5)
+    # threshold: a positive prediction; min_group: smaller groups are left out of the
+    # max - min gaps; the JSD's kernel density estimate: bandwidth, points
+    config.evaluation = dict(threshold=0.5, min_group=20, jsd_bandwidth=0.15,
+                             jsd_points=1000)
+    return config
+
+
+def quick(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """Two seeds, two epochs, and COMPAS alone where both datasets are asked for."""
+    fields = {"train.epochs": 2, "train.seeds": (0, 1)}
+    if tuple(config.data.datasets) == tuple(DATASETS):
+        fields["data.datasets"] = ("COMPAS",)
+    return config_lib.replace(config, fields)
 
 
 def age_groups(age: np.ndarray) -> np.ndarray:
@@ -85,7 +120,7 @@ def age_groups(age: np.ndarray) -> np.ndarray:
     return np.digitize(age, [25, 46]).astype(np.int32)
 
 
-def parity_gap(values: np.ndarray, groups: np.ndarray, *, min_size: int = MIN_GROUP) -> np.ndarray:
+def parity_gap(values: np.ndarray, groups: np.ndarray, *, min_size: int) -> np.ndarray:
     """max - min over groups (with at least ``min_size`` members) of the mean of ``values``
     along the last axis; ``values`` ``[..., n]``, ``groups`` ``[n]``."""
     means = [values[..., groups == g].mean(-1) for g in np.unique(groups)
@@ -96,25 +131,29 @@ def parity_gap(values: np.ndarray, groups: np.ndarray, *, min_size: int = MIN_GR
     return means.max(-1) - means.min(-1)
 
 
-@functools.partial(jax.jit, static_argnames="num_groups")
-def _jsd(scores, groups, *, num_groups):
+@functools.partial(jax.jit, static_argnames=("num_groups", "bandwidth", "num_points"))
+def _jsd(scores, groups, *, num_groups, bandwidth, num_points):
     """Intersectional JSD of each row of ``scores`` ``[m, n]`` (sequential: bounded memory)."""
     return jax.lax.map(lambda row: fairness.jensen_shannon_divergence(
-        row, groups, num_groups=num_groups), scores)
+        row, groups, num_groups=num_groups, bandwidth=bandwidth, num_points=num_points), scores)
 
 
-def measures(scores: np.ndarray, split: dict, num_races: int) -> dict[str, np.ndarray]:
-    """Accuracy, parity gaps and intersectional JSD of scores ``[..., n]`` on a split."""
-    positive = (scores >= 0.5).astype(np.float64)
+def measures(scores: np.ndarray, split: dict, num_races: int, evaluation
+             ) -> dict[str, np.ndarray]:
+    """Accuracy, parity gaps and intersectional JSD of scores ``[..., n]`` on a split, with
+    the settings of ``evaluation`` (the config's ``evaluation`` group)."""
+    positive = (scores >= evaluation.threshold).astype(np.float64)
     subgroup = split["race"] * 2 + split["sex"]
     flat = jnp.asarray(scores.reshape(-1, scores.shape[-1]), jnp.float32)
-    jsd = _jsd(flat, jnp.asarray(subgroup), num_groups=2 * num_races)
+    jsd = _jsd(flat, jnp.asarray(subgroup), num_groups=2 * num_races,
+               bandwidth=float(evaluation.jsd_bandwidth), num_points=int(evaluation.jsd_points))
+    gap = functools.partial(parity_gap, min_size=evaluation.min_group)
     return {"accuracy": np.mean(positive == split["label"], -1),
-            "gap_race": parity_gap(positive, split["race"]),
-            "gap_sex": parity_gap(positive, split["sex"]),
-            "gap_age": parity_gap(positive, age_groups(split["age"])),
-            "gap_intersectional": parity_gap(positive, subgroup),
-            "score_gap_intersectional": parity_gap(scores.astype(np.float64), subgroup),
+            "gap_race": gap(positive, split["race"]),
+            "gap_sex": gap(positive, split["sex"]),
+            "gap_age": gap(positive, age_groups(split["age"])),
+            "gap_intersectional": gap(positive, subgroup),
+            "score_gap_intersectional": gap(scores.astype(np.float64), subgroup),
             "jsd_intersectional": np.asarray(jsd, np.float64).reshape(scores.shape[:-1])}
 
 
@@ -126,7 +165,8 @@ def _standardize(splits):
 
 
 def _objective(model, penalties, num_races):
-    """Cross-entropy plus the penalty selected by ``hparams["penalty"]`` (an index)."""
+    """Cross-entropy plus the penalty selected by ``hparams["penalty"]`` (an index);
+    ``penalties``: functions ``(p, attributes, strength, categories)``."""
     categories = (num_races if num_races > 2 else None, None, None)
 
     def objective(params, batch, hparams, key):
@@ -142,24 +182,33 @@ def _objective(model, penalties, num_races):
     return objective
 
 
-def _train(model, penalties, num_races, train_set, hparams, *, seeds, epochs, batch_size,
-           progress, desc):
+def penalty_functions(config) -> list:
+    """The functions of ``PENALTIES``, in order, with the config's hyperparameters."""
+    return [functools.partial(fn, c=config.penalty.jdcov_c)
+            if fn is fairness.joint_distance_covariance else fn for fn in PENALTIES.values()]
+
+
+def _train(config, model, num_races, train_set, hparams, *, progress, desc):
     data = {k: train_set[k] for k in ("features", "label", "race", "sex", "age_z")}
-    result = train.grid(_objective(model, penalties, num_races), optax.adam(LEARNING_RATE),
-                        model.init, data, hparams=hparams, seeds=seeds, epochs=epochs,
-                        batch_size=batch_size, progress=progress, desc=desc)
+    result = train.grid(_objective(model, penalty_functions(config), num_races),
+                        optax.adam(config.optimizer.learning_rate), model.init, data,
+                        hparams=hparams, seeds=list(config.train.seeds),
+                        epochs=config.train.epochs, batch_size=config.train.batch_size,
+                        progress=progress, desc=desc)
     predict = jax.jit(jax.vmap(jax.vmap(lambda params, x: jax.nn.sigmoid(
         model.apply(params, x)[:, 0]), (0, None)), (0, None)))
     return result, lambda split: np.asarray(predict(result.state.params,
                                                      jnp.asarray(split["features"])), np.float64)
 
 
-def calibrate(strengths, jsd_validation) -> tuple[float, float, bool]:
-    """``(strength, target, reached)``: the strength whose mean validation JSD reaches half
-    the unpenalized one (log interpolation over the positive strengths); the largest strength
-    when none does. ``jsd_validation`` ``[strengths, seeds]``, strengths[0] = 0."""
+def calibrate(strengths, jsd_validation, target_fraction: float = 0.5
+              ) -> tuple[float, float, bool]:
+    """``(strength, target, reached)``: the strength whose mean validation JSD reaches
+    ``target_fraction`` (the protocol: half) of the unpenalized one (log interpolation over the
+    positive strengths); the largest strength when none does. ``jsd_validation``
+    ``[strengths, seeds]``, strengths[0] = 0."""
     curve = np.asarray(jsd_validation).mean(1)
-    target = 0.5 * curve[0]
+    target = target_fraction * curve[0]
     value = float(fairness.jensen_shannon_calibration(
         jnp.asarray(strengths[1:]), jnp.asarray(curve[1:]), target=target, log_scale=True))
     reached = bool(np.isfinite(value))
@@ -189,32 +238,35 @@ def claim(dataset: str, calibrated: dict) -> Claim:
         f"{cc['reached']}, per-attribute {pa['reached']}")
 
 
-def run_dataset(name, *, strengths, seeds, epochs, batch_size, progress) -> dict:
+def run_dataset(config, name, *, progress) -> dict:
     load, races = DATASETS[name]
-    splits = _standardize(fairness_data.split(load(), FRACTIONS, seed=0))
+    splits = _standardize(fairness_data.split(load(), tuple(config.data.fractions),
+                                              seed=config.data.split_seed))
     train_set, validation, test = splits
     num_races = len(races)
-    model = models.mlp((train_set["features"].shape[1],), 1, hidden=HIDDEN)
+    model = models.mlp((train_set["features"].shape[1],), 1, hidden=tuple(config.model.hidden))
+    strengths = list(config.penalty.strengths)
     labels, positive = list(PENALTIES), strengths[1:]
     # One grid: the unpenalized baseline, then every penalty at every positive strength.
     index = [0] + [i for i in range(len(labels)) for _ in positive]
     values = [0.0] + [s for _ in labels for s in positive]
-    _, predict = _train(model, list(PENALTIES.values()), num_races, train_set,
-                        {"penalty": index, "strength": values}, seeds=seeds, epochs=epochs,
-                        batch_size=batch_size, progress=progress, desc=f"{name} grid")
-    val, tst = (measures(predict(s), s, num_races) for s in (validation, test))
+    _, predict = _train(config, model, num_races, train_set,
+                        {"penalty": index, "strength": values}, progress=progress,
+                        desc=f"{name} grid")
+    val, tst = (measures(predict(s), s, num_races, config.evaluation)
+                for s in (validation, test))
     penalties, calibration = {}, {}
     for i, label in enumerate(labels):
         rows = [0, *range(1 + i * len(positive), 1 + (i + 1) * len(positive))]
         penalties[label] = {k: v[rows].tolist() for k, v in tst.items()}
         penalties[label]["validation_jsd_intersectional"] = val["jsd_intersectional"][rows].tolist()
-        calibration[label] = calibrate(strengths, val["jsd_intersectional"][rows])
-    _, predict = _train(model, list(PENALTIES.values()), num_races, train_set,
+        calibration[label] = calibrate(strengths, val["jsd_intersectional"][rows],
+                                       config.calibration.target_fraction)
+    _, predict = _train(config, model, num_races, train_set,
                         {"penalty": list(range(len(labels))),
                          "strength": [calibration[k][0] for k in labels]},
-                        seeds=seeds, epochs=epochs, batch_size=batch_size, progress=progress,
-                        desc=f"{name} calibrated")
-    retrained = measures(predict(test), test, num_races)
+                        progress=progress, desc=f"{name} calibrated")
+    retrained = measures(predict(test), test, num_races, config.evaluation)
     calibrated = {k: {"strength": calibration[k][0], "target_jsd": calibration[k][1],
                       "reached": calibration[k][2],
                       **{m: v[i].tolist() for m, v in retrained.items()}}
@@ -251,28 +303,24 @@ def _plot(results, path):
     plt.close(fig)
 
 
-def main(argv=None) -> dict:
-    parser = experiment_parser("fairness", __doc__, seeds=4, epochs=20, batch_size=128,
-                               quick_epochs=2)
-    parser.add_argument("--strengths", type=float, nargs="+", default=list(STRENGTHS),
-                        help=f"penalty strengths, 0 first (default {list(STRENGTHS)})")
-    parser.add_argument("--datasets", nargs="+", choices=list(DATASETS),
-                        help="default: both (COMPAS only with --quick)")
-    args = parser.parse_args(argv)
-    datasets = args.datasets or (["COMPAS"] if args.quick else list(DATASETS))
-    if args.strengths[0] != 0.0 or len(args.strengths) < 2:
-        parser.error("--strengths must start with 0 (the unpenalized baseline) and have a "
-                     "positive strength after it")
-    seeds, epochs = run_size(args)
-    start, strengths = time.time(), list(args.strengths)
-    results = {name: run_dataset(name, strengths=strengths, seeds=seeds, epochs=epochs,
-                                 batch_size=args.batch_size, progress=not args.no_progress)
-               for name in datasets}
+def run(config, out_dir: str, progress: bool) -> dict:
+    strengths = list(config.penalty.strengths)
+    if len(strengths) < 2 or strengths[0] != 0.0 or min(strengths[1:]) <= 0:
+        raise ValueError("penalty.strengths must start with 0 (the unpenalized baseline) and "
+                         f"continue with positive strengths, got {strengths}")
+    unknown = [name for name in config.data.datasets if name not in DATASETS]
+    if unknown:
+        raise ValueError(f"data.datasets: unknown {unknown}; datasets: {', '.join(DATASETS)}")
+    seeds, epochs = list(config.train.seeds), config.train.epochs
+    start = time.time()
+    results = {name: run_dataset(config, name, progress=progress)
+               for name in config.data.datasets}
     verdicts = {name: claim(name, r["calibrated"]) for name, r in results.items()}
     header = ["penalty", "strength", "test acc %", "race gap", "sex gap", "age gap",
               "race x sex gap", "race x sex score gap", "race x sex JSD (x100)"]
     keys = ("accuracy", "gap_race", "gap_sex", "gap_age", "gap_intersectional",
             "score_gap_intersectional", "jsd_intersectional")
+    fraction = config.calibration.target_fraction
     sections = []
     for name, r in results.items():
         rows = [[label, f"{s:g}", *(mean_std(m[k][i]) for k in keys)]
@@ -285,23 +333,25 @@ def main(argv=None) -> dict:
                      "points (max - min positive-prediction rate, or mean score, over groups), "
                      "test split, mean ± std over seeds.", "",
                      markdown_table(header, rows), "",
-                     f"JSD calibration (target: validation JSD {100 * target:.3f} x 1e-2, half "
-                     "the unpenalized), retrained at the calibrated strength, test split:", "",
+                     f"JSD calibration (target: validation JSD {100 * target:.3f} x 1e-2, "
+                     + ("half" if fraction == 0.5 else f"{fraction:g} x")
+                     + " the unpenalized), retrained at the calibrated strength, test split:", "",
                      markdown_table(header, calibrated), ""]
+    hidden = "-".join(map(str, config.model.hidden))
     text = "\n".join([
         "# Intersectional fairness with distance-covariance penalties", "",
-        f"MLP {'-'.join(map(str, HIDDEN))} (1 hidden layer), Adam {LEARNING_RATE}, batch "
-        f"{args.batch_size}, {epochs} epochs, {len(seeds)} seeds; penalties on the predicted "
+        f"Variant `{config.variant}`: MLP {hidden} ({len(config.model.hidden)} hidden "
+        f"layer{'s' if len(config.model.hidden) > 1 else ''}), Adam "
+        f"{config.optimizer.learning_rate:g}, batch {config.train.batch_size}, {epochs} epochs, "
+        f"{len(seeds)} seeds; penalties on the predicted "
         "probability of each minibatch vs (race, sex, age), unbiased U-statistics; one vmapped "
         "grid of (penalty, strength) x seeds per dataset (the strength-0 row of every penalty is "
-        f"the same unpenalized models); {time.time() - start:.0f} s.", "",
+        f"the same unpenalized models); {time.time() - start:.0f} s. The whole protocol is "
+        "`config.json` beside this file.", "",
         *sections, "## The paper's claim", "",
-        *[v.line() for v in verdicts.values()],
-        *(["", "(--quick run: too short to test the claim.)"] if args.quick else [])])
-    payload = {"seeds": seeds, "epochs": epochs, "batch_size": args.batch_size,
-               "hidden": list(HIDDEN), "learning_rate": LEARNING_RATE, "strengths": strengths,
-               "fractions": list(FRACTIONS), "min_group": MIN_GROUP, "datasets": results,
+        *[v.line() for v in verdicts.values()]])
+    payload = {"config": config.to_dict(), "datasets": results,
                "claims": {name: v.__dict__ for name, v in verdicts.items()}}
-    write_results(args.out, text, payload)
-    _plot(results, os.path.join(args.out, "fairness.png"))
+    write_results(out_dir, text, payload)
+    _plot(results, os.path.join(out_dir, "fairness.png"))
     return payload

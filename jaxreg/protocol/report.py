@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import math
@@ -63,27 +62,3 @@ def write_results(out_dir: str, text: str, payload: dict) -> None:
         f.write(text + "\n")
     write_json(payload, os.path.join(out_dir, "results.json"))
     print(text)
-
-
-def experiment_parser(name: str, doc: str, *, seeds: int, epochs: int, batch_size: int,
-                      quick_epochs: int, quick: str = "") -> argparse.ArgumentParser:
-    """The arguments every ``jaxreg run`` experiment takes (``run_size`` reads them)."""
-    parser = argparse.ArgumentParser(prog=f"jaxreg run {name}", description=doc,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true",
-                        help=f"{quick}2 seeds, {quick_epochs} epochs: checks the pipeline, not "
-                             "the claims")
-    parser.add_argument("--seeds", type=int, default=seeds)
-    parser.add_argument("--epochs", type=int, default=epochs)
-    parser.add_argument("--batch-size", type=int, default=batch_size)
-    parser.add_argument("--out", default=os.path.join("runs", name))
-    parser.add_argument("--no-progress", action="store_true")
-    parser.set_defaults(quick_epochs=quick_epochs)
-    return parser
-
-
-def run_size(args: argparse.Namespace) -> tuple[list[int], int]:
-    """``(seeds, epochs)``: two seeds and the quick epochs with ``--quick``."""
-    if args.quick:
-        return [0, 1], args.quick_epochs
-    return list(range(args.seeds)), args.epochs

@@ -14,23 +14,24 @@ import difflib
 import importlib.util
 import json
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import ml_collections
 
 
-def load(spec: str | None, default: Callable[[str], ml_collections.ConfigDict],
-         default_variant: str) -> ml_collections.ConfigDict:
+def load(spec: str | None, default: Callable[..., ml_collections.ConfigDict]
+         ) -> ml_collections.ConfigDict:
     """The config that ``spec`` names.
 
     Args:
         spec: ``None`` (the default variant), ``VARIANT``, ``FILE.py[:VARIANT]`` or
             ``FILE.json`` (a saved config).
-        default: the experiment's ``get_config(variant)``.
-        default_variant: the variant used when ``spec`` names none.
+        default: the experiment's ``get_config(variant=...)``, called without a variant
+            for its default one.
     """
     if spec is None:
-        return default(default_variant)
+        return default()
     path, variant = spec, ""
     if ":" in spec and not spec.endswith((".py", ".json")):
         path, variant = spec.rsplit(":", 1)
@@ -47,7 +48,7 @@ def load(spec: str | None, default: Callable[[str], ml_collections.ConfigDict],
         module_spec.loader.exec_module(module)
         if not hasattr(module, "get_config"):
             raise ValueError(f"--config: {path} has no get_config(variant) function")
-        return module.get_config(variant or default_variant)
+        return module.get_config(variant) if variant else module.get_config()
     return default(spec)
 
 
@@ -91,24 +92,44 @@ def _parse(text: str, like, field: str):
 def override(config: ml_collections.ConfigDict, assignments: Sequence[str]
              ) -> ml_collections.ConfigDict:
     """``config`` with each ``"a.b=value"`` applied (a copy; lists are comma-separated)."""
-    config = ml_collections.ConfigDict(config.to_dict())
     for assignment in assignments:
         field, sep, text = assignment.partition("=")
         if not sep:
             raise ValueError(f"--set expects FIELD=VALUE, got {assignment!r}")
+        current = _field(config, field)
+        if isinstance(current, ml_collections.ConfigDict):
+            raise ValueError(f"--set {field}: {field} is a group of fields; set one of "
+                             f"{', '.join(sorted(current))}")
+        config = replace(config, {field: _parse(text, current, field)})
+    return ml_collections.ConfigDict(config.to_dict())
+
+
+def _field(config: ml_collections.ConfigDict, field: str):
+    """The value at dotted ``field``; unknown fields are named with the closest ones."""
+    *parents, name = field.split(".")
+    node = config
+    for i, part in enumerate(parents):
+        if part not in node or not isinstance(node[part], ml_collections.ConfigDict):
+            raise KeyError(_unknown(".".join(parents[:i + 1]), part, node))
+        node = node[part]
+    if name not in node:
+        raise KeyError(_unknown(field, name, node))
+    return node[name]
+
+
+def replace(config: ml_collections.ConfigDict, fields: Mapping[str, Any]
+            ) -> ml_collections.ConfigDict:
+    """``config`` with ``{"a.b": value}`` set (a copy; Python values, for code, where
+    :func:`override` parses the command line's text). Unknown fields are refused."""
+    config = ml_collections.ConfigDict(config.to_dict())
+    for field, value in fields.items():
+        _field(config, field)
         *parents, name = field.split(".")
         node = config
-        for i, part in enumerate(parents):
-            if part not in node or not isinstance(node[part], ml_collections.ConfigDict):
-                raise KeyError(_unknown(".".join(parents[:i + 1]), part, node))
+        for part in parents:
             node = node[part]
-        if name not in node:
-            raise KeyError(_unknown(field, name, node))
-        if isinstance(node[name], ml_collections.ConfigDict):
-            raise ValueError(f"--set {field}: {field} is a group of fields; set one of "
-                             f"{', '.join(sorted(node[name]))}")
         with node.unlocked():
-            node[name] = _parse(text, node[name], field)
+            node[name] = value
     return config
 
 

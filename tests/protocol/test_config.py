@@ -2,29 +2,32 @@
 
 import pytest
 
-from jaxreg.experiments import config as config_lib
-from jaxreg.experiments.configs.pretrain import get_config
+from experiments.pretrain import get_config
+from jaxreg.protocol import config as config_lib
 
 
 def test_variants_and_files(tmp_path):
-    assert config_lib.load(None, get_config, "cpu").variant == "cpu"
-    assert config_lib.load("pod", get_config, "cpu").mesh.fsdp == 8
+    assert config_lib.load(None, get_config).variant == "cpu"
+    assert config_lib.load("pod", get_config).mesh.fsdp == 8
     path = tmp_path / "mine.py"
     path.write_text("import ml_collections\n"
                     "def get_config(variant):\n"
                     "    return ml_collections.ConfigDict({'variant': variant, 'x': 1})\n")
-    assert config_lib.load(f"{path}:small", get_config, "cpu").variant == "small"
-    assert config_lib.load(str(path), get_config, "cpu").variant == "cpu"
+    assert config_lib.load(f"{path}:small", get_config).variant == "small"
+    path.write_text("import ml_collections\n"
+                    "def get_config(variant='base'):\n"
+                    "    return ml_collections.ConfigDict({'variant': variant, 'x': 1})\n")
+    assert config_lib.load(str(path), get_config).variant == "base"
     with pytest.raises(ValueError, match="unknown pretrain variant 'tpu'"):
-        config_lib.load("tpu", get_config, "cpu")
+        config_lib.load("tpu", get_config)
     with pytest.raises(FileNotFoundError, match="no file"):
-        config_lib.load(str(tmp_path / "absent.py"), get_config, "cpu")
+        config_lib.load(str(tmp_path / "absent.py"), get_config)
 
 
 def test_saved_config_reads_back_equal(tmp_path):
     config = config_lib.override(get_config("ablations"), ["optimizer.learning_rate=0.01"])
     path = config_lib.save(config, str(tmp_path))
-    again = config_lib.load(path, get_config, "cpu")
+    again = config_lib.load(path, get_config)
     assert again.to_dict() == config.to_dict()
     assert again.ablations.learning_rates == (1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
 
@@ -52,3 +55,11 @@ def test_bad_overrides_are_named():
         config_lib.override(config, ["model=small"])
     with pytest.raises(ValueError, match="expects FIELD=VALUE"):
         config_lib.override(config, ["train.steps"])
+
+
+def test_replace_sets_python_values_and_names_unknown_fields():
+    config = config_lib.replace(get_config("cpu"), {"model.d_model": 64, "train.steps": 7})
+    assert (config.model.d_model, config.train.steps) == (64, 7)
+    assert get_config("cpu").model.d_model == 128
+    with pytest.raises(KeyError, match="did you mean d_model"):
+        config_lib.replace(config, {"model.d_modle": 1})

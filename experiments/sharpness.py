@@ -2,15 +2,16 @@
 
 An MLP (64-128-128-10, ReLU) is trained on scikit-learn's digits (1437 training images,
 360 test images) with SGD (momentum 0.9, learning rate 0.05, batch 64, no weight decay)
-alone and inside the sharpness-aware train step (``jaxreg.optim.sharpness``): SAM with
-``rho`` in ``--sam-rho`` (Foret et al. 2021's default 0.05 first) and ASAM with ``rho`` in
-``--asam-rho`` (``eta = 0.01``; Kwon et al. 2021's default 0.5 first). Each method is one
+for 60 epochs, 5 seeds, alone and inside the sharpness-aware train step
+(``jaxreg.optim.sharpness``): SAM with ``rho`` in ``sam.rhos`` (0.05, 0.1: Foret et al.
+2021's default first) and ASAM with ``rho`` in ``asam.rhos`` (0.5, 1.0, ``eta = 0.01``;
+Kwon et al. 2021's default first). Each method is one
 vmapped ``jaxreg.train.grid`` over its radii x the seeds; members of a seed share their
 initialisation and batch order. After the last epoch, on the full training loss (mean
-cross-entropy over the 1437 training images): the Hessian's largest eigenvalue (power
-iteration) and its trace (Hutchinson), from ``jaxreg.diagnostics.hessian``; for the first
-seed at each method's default radius, the eigenvalue density by stochastic Lanczos quadrature
-(Ghorbani et al. 2019; shown, not tested).
+cross-entropy over the 1437 training images): the Hessian's largest eigenvalue (50 power
+iterations) and its trace (Hutchinson, 100 probes), from ``jaxreg.diagnostics.hessian``; for
+the first seed at each method's default radius, the eigenvalue density by stochastic Lanczos
+quadrature (80 steps; Ghorbani et al. 2019; shown, not tested).
 
 Claim checked (Foret et al., "Sharpness-Aware Minimization for Efficiently Improving
 Generalization", ICLR 2021, arXiv 2010.01412, Sec. 4.2 and Fig. 3; Kwon et al., "ASAM",
@@ -20,6 +21,11 @@ fixed before the run, at the papers' default radii, paired over seeds: *flatter*
 mean of ``log(metric_method / metric_SGD)`` is below 0 by more than two standard errors for
 both the top eigenvalue and the trace; *equal or better accuracy* if the mean paired
 difference in last-epoch test accuracy plus two standard errors is at least 0.
+
+The protocol is one config (``get_config``; any field can be set with ``--set``, e.g.
+``--set asam.rhos=0.5`` or ``--set hessian.power_iterations=100``). One variant,
+``default``: the setup above. ``--quick``: 2 seeds, 2 epochs, 5 power iterations, 5
+Hutchinson probes and 5 Lanczos steps.
 """
 
 from __future__ import annotations
@@ -30,32 +36,55 @@ import time
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import optax
 
 from jaxreg import data as data_lib
 from jaxreg import models, train
 from jaxreg.diagnostics import hessian
-from jaxreg.experiments.report import (
-    Claim,
-    experiment_parser,
-    markdown_table,
-    mean_std,
-    run_size,
-    write_results,
-)
 from jaxreg.optim import sharpness
+from jaxreg.protocol import config as config_lib
+from jaxreg.protocol.report import Claim, markdown_table, mean_std, write_results
 
-HIDDEN = (128, 128)
-LEARNING_RATE = 0.05
-MOMENTUM = 0.9
-ETA = 0.01
+VARIANTS = ("default",)
 
 
-def methods(sam_rhos, asam_rhos) -> dict:
+def get_config(variant: str = "default") -> ml_collections.ConfigDict:
+    """The whole protocol of ``jaxreg run sharpness`` (see the module doc)."""
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown sharpness variant {variant!r}; variants: "
+                         f"{', '.join(VARIANTS)}")
+    config = ml_collections.ConfigDict()
+    config.variant = variant
+    # train_size 0: the digits builder's 1437 / 360 split; else a stratified resplit
+    config.data = dict(train_size=0, split_seed=0)
+    config.model = dict(hidden=(128, 128))
+    config.optimizer = dict(name="sgd", learning_rate=0.05, momentum=0.9)  # no weight decay
+    config.train = dict(epochs=60, batch_size=64, seeds=(0, 1, 2, 3, 4))
+    # the radii of each method; the claims are tested at the first (the paper's default)
+    config.sam = dict(rhos=(0.05, 0.1))
+    config.asam = dict(rhos=(0.5, 1.0), eta=0.01)
+    # the Hessian of the full training loss after the last epoch: top eigenvalue (power
+    # iteration) and trace (Hutchinson, Rademacher probes), keys from seed; the eigenvalue
+    # density of seed 0 at the first radius (stochastic Lanczos, one probe from lanczos_seed)
+    config.hessian = dict(power_iterations=50, hutchinson_samples=100, seed=1234,
+                          lanczos_steps=80, lanczos_seed=99)
+    return config
+
+
+def quick(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """Two seeds, two epochs, five power iterations, probes and Lanczos steps: checks the
+    pipeline, not the claims."""
+    return config_lib.replace(config, {
+        "train.epochs": 2, "train.seeds": (0, 1), "hessian.power_iterations": 5,
+        "hessian.hutchinson_samples": 5, "hessian.lanczos_steps": 5})
+
+
+def methods(config) -> dict:
     """name -> (perturbation or None, its radii); the first radius is the paper's default."""
-    return {"SGD": (None, [0.0]), "SAM": (sharpness.sam(), list(sam_rhos)),
-            "ASAM": (sharpness.asam(eta=ETA), list(asam_rhos))}
+    return {"SGD": (None, [0.0]), "SAM": (sharpness.sam(), list(config.sam.rhos)),
+            "ASAM": (sharpness.asam(eta=config.asam.eta), list(config.asam.rhos))}
 
 
 def cross_entropy(model, params, images, labels):
@@ -103,12 +132,13 @@ def hessian_metrics(model, params, train_set, key, *, num_iterations, num_sample
     return out[0], out[1], out[2]
 
 
-def run_method(name, perturbation, rhos, *, model, train_set, test_set, seeds, epochs,
-               batch_size, hessian_steps, lanczos_steps, progress) -> dict:
+def run_method(name, perturbation, rhos, config, *, model, train_set, test_set,
+               progress) -> dict:
     """Trains one method over its radii x seeds; returns its curves and end-of-run metrics."""
+    o, t, h = config.optimizer, config.train, config.hessian
     test_x, test_y = jnp.asarray(test_set["image"]), jnp.asarray(test_set["label"])
-    optimizer = optax.inject_hyperparams(optax.sgd)(learning_rate=LEARNING_RATE,
-                                                    momentum=MOMENTUM)
+    optimizer = optax.inject_hyperparams(optax.sgd)(learning_rate=o.learning_rate,
+                                                    momentum=o.momentum)
 
     def objective(params, batch, hparams, key):
         return {"ce": cross_entropy(model, params, batch["image"], batch["label"])}
@@ -117,22 +147,25 @@ def run_method(name, perturbation, rhos, *, model, train_set, test_set, seeds, e
         logits = model.apply(state.params, test_x)
         return {"test_accuracy": jnp.mean(jnp.argmax(logits, -1) == test_y)}
 
-    hparams = {"learning_rate": [LEARNING_RATE] * len(rhos)}
+    hparams = {"learning_rate": [o.learning_rate] * len(rhos)}
     if perturbation is not None:
         hparams["rho"] = rhos
     t0 = time.time()
     result = train.grid(objective, optimizer, model.init,
                         {"image": train_set["image"], "label": train_set["label"]},
-                        hparams=hparams, seeds=seeds, epochs=epochs, batch_size=batch_size,
-                        evaluate=evaluate, perturbation=perturbation, progress=progress,
-                        desc=name)
+                        hparams=hparams, seeds=list(t.seeds), epochs=t.epochs,
+                        batch_size=t.batch_size, evaluate=evaluate, perturbation=perturbation,
+                        progress=progress, desc=name)
     seconds = time.time() - t0
     top, trace, loss = hessian_metrics(model, result.state.params, train_set,
-                                       jax.random.PRNGKey(1234), **hessian_steps)
+                                       jax.random.PRNGKey(h.seed),
+                                       num_iterations=h.power_iterations,
+                                       num_samples=h.hutchinson_samples)
     first = jax.tree.map(lambda v: v[0, 0], result.state.params)  # default radius, seed 0
     nodes, weights = _member_spectrum(first, jnp.asarray(train_set["image"]),
-                                      jnp.asarray(train_set["label"]), jax.random.PRNGKey(99),
-                                      apply_fn=model.apply, num_iterations=lanczos_steps)
+                                      jnp.asarray(train_set["label"]),
+                                      jax.random.PRNGKey(h.lanczos_seed),
+                                      apply_fn=model.apply, num_iterations=h.lanczos_steps)
     accuracy = result.history["eval/test_accuracy"]
     return {"spectrum": {"nodes": nodes[0].tolist(), "weights": weights[0].tolist()},
             "rhos": rhos, "seconds": seconds, "hessian_seconds": time.time() - t0 - seconds,
@@ -222,34 +255,22 @@ def _plot(results, path, epochs):
     plt.close(fig)
 
 
-def main(argv=None) -> dict:
-    parser = experiment_parser("sharpness", __doc__, seeds=5, epochs=60, batch_size=64,
-                               quick_epochs=2)
-    parser.add_argument("--sam-rho", type=float, nargs="+", default=[0.05, 0.1],
-                        help="SAM radii; the claim is tested at the first (default 0.05 0.1)")
-    parser.add_argument("--asam-rho", type=float, nargs="+", default=[0.5, 1.0],
-                        help="ASAM radii; the claim is tested at the first (default 0.5 1.0)")
-    parser.add_argument("--power-iterations", type=int, default=50,
-                        help="power iterations for the top eigenvalue (default 50)")
-    parser.add_argument("--hutchinson-samples", type=int, default=100,
-                        help="Rademacher probes for the trace (default 100)")
-    parser.add_argument("--lanczos-steps", type=int, default=80,
-                        help="Lanczos steps for the eigenvalue density (default 80)")
-    args = parser.parse_args(argv)
-    seeds, epochs = run_size(args)
-    hessian_steps = ({"num_iterations": 5, "num_samples": 5} if args.quick else
-                     {"num_iterations": args.power_iterations,
-                      "num_samples": args.hutchinson_samples})
-    lanczos_steps = 5 if args.quick else args.lanczos_steps
+def load_data(config):
+    """The train and test splits the config names."""
+    size = config.data.train_size or None
+    return (data_lib.load_digits("train", train_size=size, seed=config.data.split_seed),
+            data_lib.load_digits("test", train_size=size, seed=config.data.split_seed))
+
+
+def run(config, out_dir: str, progress: bool) -> dict:
+    o, t, h = config.optimizer, config.train, config.hessian
     start, results = time.time(), {}
-    train_set, test_set = data_lib.load_digits("train"), data_lib.load_digits("test")
-    model = models.mlp(train_set["image"].shape[1:], 10, hidden=HIDDEN)
-    for name, (perturbation, rhos) in methods(args.sam_rho, args.asam_rho).items():
-        results[name] = run_method(name, perturbation, rhos, model=model, train_set=train_set,
-                                   test_set=test_set, seeds=seeds, epochs=epochs,
-                                   batch_size=args.batch_size, hessian_steps=hessian_steps,
-                                   lanczos_steps=lanczos_steps,
-                                   progress=not args.no_progress)
+    train_set, test_set = load_data(config)
+    hidden = tuple(config.model.hidden)
+    model = models.mlp(train_set["image"].shape[1:], 10, hidden=hidden)
+    for name, (perturbation, rhos) in methods(config).items():
+        results[name] = run_method(name, perturbation, rhos, config, model=model,
+                                   train_set=train_set, test_set=test_set, progress=progress)
     verdicts = claims(results)
     rows = []
     for name, r in results.items():
@@ -264,25 +285,24 @@ def main(argv=None) -> dict:
                             "Hessian trace", "top eigenvalue / train loss"], rows)
     text = "\n".join([
         "# Sharpness-aware minimization on digits", "",
-        f"MLP 64-{'-'.join(map(str, HIDDEN))}-10, SGD (momentum {MOMENTUM}, learning rate "
-        f"{LEARNING_RATE}, batch {args.batch_size}), {epochs} epochs, {len(seeds)} seeds (one "
-        f"vmapped grid of radii x seeds per method), {time.time() - start:.0f} s. ASAM "
-        f"eta = {ETA}. Last-epoch test accuracy; the Hessian of the full training loss at the "
-        f"end: top eigenvalue ({hessian_steps['num_iterations']} power iterations) and trace "
-        f"(Hutchinson, {hessian_steps['num_samples']} probes); mean ± std over seeds. The "
-        "plot's last panel: the eigenvalue density of seed 0 at each method's first radius "
-        f"(stochastic Lanczos quadrature, {lanczos_steps} steps, one "
-        "probe).", "",
+        f"Variant `{config.variant}`: {len(train_set['label'])} train / "
+        f"{len(test_set['label'])} test digits, MLP 64-{'-'.join(map(str, hidden))}-10, SGD "
+        f"(momentum {o.momentum}, learning rate {o.learning_rate}, batch {t.batch_size}), "
+        f"{t.epochs} epochs, {len(t.seeds)} seeds (one vmapped grid of radii x seeds per "
+        f"method), {time.time() - start:.0f} s. ASAM eta = {config.asam.eta}. Last-epoch test "
+        "accuracy; the Hessian of the full training loss at the end: top eigenvalue "
+        f"({h.power_iterations} power iterations) and trace (Hutchinson, "
+        f"{h.hutchinson_samples} probes); mean ± std over seeds. The plot's last panel: the "
+        "eigenvalue density of seed 0 at each method's first radius (stochastic Lanczos "
+        f"quadrature, {h.lanczos_steps} steps, one probe). The whole protocol is "
+        "`config.json` beside this file.", "",
         table, "", "Near zero training loss the cross-entropy Hessian shrinks with the loss "
         "(its Gauss-Newton part is weighted by p(1 - p)), so a run that fits the training set "
         "more tightly also looks flatter; the last column divides by the training loss as a "
         "rough correction for that (it is not part of the decision rule).", "",
-        "## The papers' claims", "", *[c.line() for c in verdicts],
-        *(["", "(--quick run: too short to test the claims.)"] if args.quick else [])])
-    payload = {"seeds": seeds, "epochs": epochs, "batch_size": args.batch_size,
-               "hidden": list(HIDDEN), "learning_rate": LEARNING_RATE, "momentum": MOMENTUM,
-               "eta": ETA, "hessian": hessian_steps, "methods": results,
+        "## The papers' claims", "", *[c.line() for c in verdicts]])
+    payload = {"config": config.to_dict(), "methods": results,
                "claims": [c.__dict__ for c in verdicts]}
-    write_results(args.out, text, payload)
-    _plot(results, os.path.join(args.out, "sharpness.png"), epochs)
+    write_results(out_dir, text, payload)
+    _plot(results, os.path.join(out_dir, "sharpness.png"), t.epochs)
     return payload

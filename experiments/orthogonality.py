@@ -1,16 +1,17 @@
 """Soft orthogonality regularization on digits: accuracy and how orthogonal the layers get.
 
 An MLP (64-64-64-10, ReLU) is trained on scikit-learn's digits (1437 training images, 360
-test images) with Adam (learning rate 1e-3, batch 64) on the cross-entropy plus
-``jaxreg.regularizers.weights.orthogonality`` (soft orthogonality, ``strength *
-sum_W ||W^T W - I||_F^2`` over every kernel: the default mask) for each strength in
-``--strengths`` (0 = no regularization), as one vmapped ``jaxreg.train.grid`` over strengths
-x seeds (strength is a traced hyperparameter; members of a seed share their initialisation
-and batch order). Every kernel has at least as many rows as columns (in >= out), so
-``W^T W = I`` (orthonormal columns) is reachable for each. After the last epoch, per kernel
-(NumPy float64 SVD, not the regularizer's own code): the relative orthogonality error
-``||W^T W - I||_F / ||I||_F`` and the condition number ``sigma_max / sigma_min``; the table
-reports their worst value over the three kernels, with the last-epoch test accuracy.
+test images) with Adam (learning rate 1e-3, batch 64, 60 epochs, 5 seeds) on the
+cross-entropy plus ``jaxreg.regularizers.weights.orthogonality`` (soft orthogonality,
+``strength * sum_W ||W^T W - I||_F^2`` over every kernel: the default mask) for each
+strength in ``regularizer.strengths`` (0, 1e-3, 1e-2, 0.1, 1; 0 = no regularization, first),
+as one vmapped ``jaxreg.train.grid`` over strengths x seeds (strength is a traced
+hyperparameter; members of a seed share their initialisation and batch order). Every kernel
+has at least as many rows as columns (in >= out), so ``W^T W = I`` (orthonormal columns) is
+reachable for each. After the last epoch, per kernel (NumPy float64 SVD, not the
+regularizer's own code): the relative orthogonality error ``||W^T W - I||_F / ||I||_F`` and
+the condition number ``sigma_max / sigma_min``; the table reports their worst value over the
+three kernels, with the last-epoch test accuracy.
 
 Claim checked (Achour, Malgouyres & Mamalet, "Existence, Stability and Scalability of
 Orthogonal Convolutional Neural Networks", JMLR 2022, arXiv 2108.05623, Sec. 5: training
@@ -22,6 +23,11 @@ Decision rules, fixed before the run, at the largest strength, paired over seeds
 standard errors of the paired difference; *accuracy kept* if the mean paired difference in
 last-epoch test accuracy (regularized minus unregularized) plus two standard errors is at
 least 0.
+
+The protocol is one config (``get_config``; any field can be set with ``--set``, e.g.
+``--set regularizer.strengths=0,1``). One variant, ``default``: the setup above, with the
+penalty on every kernel (the pre-registered test) and, as a secondary arm, on the hidden
+kernels only (``regularizer.masks``). ``--quick``: 2 seeds, 2 epochs.
 """
 
 from __future__ import annotations
@@ -31,24 +37,42 @@ import time
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import optax
 
 from jaxreg import data as data_lib
 from jaxreg import models, train
-from jaxreg.experiments.report import (
-    Claim,
-    experiment_parser,
-    markdown_table,
-    mean_std,
-    run_size,
-    write_results,
-)
+from jaxreg.protocol import config as config_lib
+from jaxreg.protocol.report import Claim, markdown_table, mean_std, write_results
 from jaxreg.regularizers import weights
 
-HIDDEN = (64, 64)
-LEARNING_RATE = 1e-3
-STRENGTHS = (0.0, 1e-3, 1e-2, 1e-1, 1.0)
+VARIANTS = ("default",)
+
+
+def get_config(variant: str = "default") -> ml_collections.ConfigDict:
+    """The whole protocol of ``jaxreg run orthogonality`` (see the module doc)."""
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown orthogonality variant {variant!r}; variants: "
+                         f"{', '.join(VARIANTS)}")
+    config = ml_collections.ConfigDict()
+    config.variant = variant
+    # train_size 0: the digits builder's 1437 / 360 split; else a stratified resplit
+    config.data = dict(train_size=0, split_seed=0)
+    config.model = dict(hidden=(64, 64))
+    config.optimizer = dict(name="adam", learning_rate=1e-3)
+    config.train = dict(epochs=60, batch_size=64, seeds=(0, 1, 2, 3, 4))
+    # strengths: 0 (the unregularized baseline) first; the claim is tested at the last.
+    # masks: the kernels penalized, each a vmapped grid ("all kernels": the pre-registered
+    # test; "hidden kernels": every kernel but the classifier head's)
+    config.regularizer = dict(strengths=(0.0, 1e-3, 1e-2, 1e-1, 1.0),
+                              masks=("all kernels", "hidden kernels"))
+    return config
+
+
+def quick(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """Two seeds, two epochs: checks the pipeline, not the claims."""
+    return config_lib.replace(config, {"train.epochs": 2, "train.seeds": (0, 1)})
 
 
 def kernel_measures(kernel: np.ndarray) -> tuple[float, float]:
@@ -133,22 +157,32 @@ def _plot(strengths, variants, path):
     plt.close(fig)
 
 
-def hidden_kernels(params):
-    """The mask of the hidden layers' kernels (every kernel but the classifier head's)."""
-    head = f"Dense_{len(HIDDEN)}"
-    return jax.tree_util.tree_map_with_path(
+def hidden_kernels(num_hidden: int):
+    """The mask of the hidden layers' kernels (every kernel but the classifier head's,
+    ``Dense_{num_hidden}``)."""
+    head = f"Dense_{num_hidden}"
+    return lambda params: jax.tree_util.tree_map_with_path(
         lambda path, v: bool(v.ndim >= 2 and head not in jax.tree_util.keystr(path)), params)
 
 
-VARIANTS = {"all kernels": None, "hidden kernels": hidden_kernels}  # name -> mask
+def masks(config) -> dict:
+    """The config's ``regularizer.masks``: name -> mask (None: every kernel)."""
+    known = {"all kernels": None, "hidden kernels": hidden_kernels(len(config.model.hidden))}
+    unknown = [m for m in config.regularizer.masks if m not in known]
+    if unknown:
+        raise ValueError(f"regularizer.masks: unknown {unknown}; choose from "
+                         f"{', '.join(known)}")
+    return {name: known[name] for name in config.regularizer.masks}
 
 
-def run_variant(mask, *, model, train_set, test_set, strengths, seeds, epochs, batch_size,
-                progress, desc) -> dict:
+def run_variant(mask, config, *, model, train_set, test_set, progress, desc) -> dict:
     """One vmapped grid of strengths x seeds; accuracy and the measures of the penalized
     kernels, each [strengths, seeds] (per kernel: [strengths, seeds, kernels])."""
+    strengths = list(config.regularizer.strengths)
+    learning_rate = config.optimizer.learning_rate
+    head = f"Dense_{len(config.model.hidden)}"
     test_x, test_y = jnp.asarray(test_set["image"]), jnp.asarray(test_set["label"])
-    optimizer = optax.inject_hyperparams(optax.adam)(learning_rate=LEARNING_RATE)
+    optimizer = optax.inject_hyperparams(optax.adam)(learning_rate=learning_rate)
 
     def objective(params, batch, hparams, key):
         logits = model.apply(params, batch["image"])
@@ -164,12 +198,12 @@ def run_variant(mask, *, model, train_set, test_set, strengths, seeds, epochs, b
     result = train.grid(objective, optimizer, model.init,
                         {"image": train_set["image"], "label": train_set["label"]},
                         hparams={"strength": strengths,
-                                 "learning_rate": [LEARNING_RATE] * len(strengths)},
-                        seeds=seeds, epochs=epochs, batch_size=batch_size, evaluate=evaluate,
+                                 "learning_rate": [learning_rate] * len(strengths)},
+                        seeds=list(config.train.seeds), epochs=config.train.epochs,
+                        batch_size=config.train.batch_size, evaluate=evaluate,
                         progress=progress, desc=desc)
     error, condition, names = grid_measures(result.state.params)
-    chosen = [i for i, name in enumerate(names)
-              if mask is None or f"Dense_{len(HIDDEN)}" not in name]
+    chosen = [i for i, name in enumerate(names) if mask is None or head not in name]
     return {"kernels": [names[i] for i in chosen], "seconds": time.time() - t0,
             "test_accuracy": result.history["eval/test_accuracy"][:, :, -1].tolist(),
             "train_cross_entropy": result.history["train/ce"][:, :, -1].tolist(),
@@ -179,24 +213,28 @@ def run_variant(mask, *, model, train_set, test_set, strengths, seeds, epochs, b
             "worst_condition": condition[..., chosen].max(-1).tolist()}
 
 
-def main(argv=None) -> dict:
-    parser = experiment_parser("orthogonality", __doc__, seeds=5, epochs=60, batch_size=64,
-                               quick_epochs=2)
-    parser.add_argument("--strengths", type=float, nargs="+", default=list(STRENGTHS),
-                        help="orthogonality strengths, 0 first; the claim is tested at the "
-                             f"last (default {list(STRENGTHS)})")
-    args = parser.parse_args(argv)
-    if args.strengths[0] != 0.0:
-        parser.error("--strengths must start with 0 (the unregularized baseline)")
-    seeds, epochs = run_size(args)
-    start, strengths = time.time(), list(args.strengths)
-    train_set, test_set = data_lib.load_digits("train"), data_lib.load_digits("test")
-    model = models.mlp(train_set["image"].shape[1:], 10, hidden=HIDDEN)
-    variants = {name: run_variant(mask, model=model, train_set=train_set, test_set=test_set,
-                                  strengths=strengths, seeds=seeds, epochs=epochs,
-                                  batch_size=args.batch_size, progress=not args.no_progress,
-                                  desc=name)
-                for name, mask in VARIANTS.items()}
+def load_data(config):
+    """The train and test splits the config names."""
+    size = config.data.train_size or None
+    return (data_lib.load_digits("train", train_size=size, seed=config.data.split_seed),
+            data_lib.load_digits("test", train_size=size, seed=config.data.split_seed))
+
+
+def run(config, out_dir: str, progress: bool) -> dict:
+    strengths = list(config.regularizer.strengths)
+    if not strengths or strengths[0] != 0.0:
+        raise ValueError("regularizer.strengths must start with 0 (the unregularized "
+                         f"baseline), got {strengths}")
+    chosen_masks = masks(config)
+    seeds, epochs, batch_size = list(config.train.seeds), config.train.epochs, \
+        config.train.batch_size
+    hidden = tuple(config.model.hidden)
+    start = time.time()
+    train_set, test_set = load_data(config)
+    model = models.mlp(train_set["image"].shape[1:], 10, hidden=hidden)
+    variants = {name: run_variant(mask, config, model=model, train_set=train_set,
+                                  test_set=test_set, progress=progress, desc=name)
+                for name, mask in chosen_masks.items()}
     verdicts = {name: claims(strengths, np.asarray(r["test_accuracy"]),
                              np.asarray(r["worst_error"]), np.asarray(r["worst_condition"]))
                 for name, r in variants.items()}
@@ -206,30 +244,33 @@ def main(argv=None) -> dict:
             for name, r in variants.items() for k, s in enumerate(strengths)]
     table = markdown_table(["penalized", "strength", "test acc %", "worst orthogonality error",
                             "worst condition number", "train cross-entropy"], rows)
+    claim_lines = []
+    if "all kernels" in verdicts:
+        claim_lines += ["Pre-registered test (all kernels, the default):", "",
+                        *[c.line() for c in verdicts["all kernels"]], ""]
+    if "hidden kernels" in verdicts:
+        claim_lines += ["Variant (added after the first full run, to locate the accuracy "
+                        "loss; not part of the pre-registered test): hidden kernels only, the "
+                        "same rules:", "", *[c.line() for c in verdicts["hidden kernels"]], ""]
     text = "\n".join([
         "# Soft orthogonality regularization on digits", "",
-        f"MLP 64-{'-'.join(map(str, HIDDEN))}-10, Adam (learning rate {LEARNING_RATE}, batch "
-        f"{args.batch_size}), {epochs} epochs, {len(seeds)} seeds, one vmapped grid of "
-        f"strengths x seeds per variant, {time.time() - start:.0f} s. Penalty: strength * "
-        "sum of ||W^T W - I||_F^2 over all three kernels (the regularizer's default mask; "
-        "the test of the claim) or over the two hidden kernels only (the classifier head "
-        "left free). After the last epoch: test accuracy; for each penalized kernel "
-        "||W^T W - I||_F / ||I||_F and sigma_max / sigma_min (float64 SVD), the worst of "
-        "them; mean ± std over seeds.", "", table, "",
-        "## The paper's claim", "", "Pre-registered test (all kernels, the default):", "",
-        *[c.line() for c in verdicts["all kernels"]], "",
-        "Variant (added after the first full run, to locate the accuracy loss; not part of "
-        "the pre-registered test): hidden kernels only, the same rules:", "",
-        *[c.line() for c in verdicts["hidden kernels"]], "",
+        f"Variant `{config.variant}`: {len(train_set['label'])} train / "
+        f"{len(test_set['label'])} test digits, MLP 64-{'-'.join(map(str, hidden))}-10, Adam "
+        f"(learning rate {config.optimizer.learning_rate}, batch {batch_size}), {epochs} "
+        f"epochs, {len(seeds)} seeds, one vmapped grid of strengths x seeds per penalized "
+        f"set, {time.time() - start:.0f} s. Penalty: strength * sum of ||W^T W - I||_F^2 "
+        "over all the kernels (the regularizer's default mask; the test of the claim) or over "
+        "the hidden kernels only (the classifier head left free). After the last epoch: test "
+        "accuracy; for each penalized kernel ||W^T W - I||_F / ||I||_F and sigma_max / "
+        "sigma_min (float64 SVD), the worst of them; mean ± std over seeds. The whole "
+        "protocol is `config.json` beside this file.", "", table, "",
+        "## The paper's claim", "", *claim_lines,
         "An orthonormal classifier head bounds the logits by the norm of the last hidden "
         "activation, so the cross-entropy cannot reach small values (see the train "
         "cross-entropy column); orthogonal (1-Lipschitz) networks are usually trained with a "
-        "logit temperature or a margin loss for that reason, which this run does not use.",
-        *(["", "(--quick run: too short to test the claim.)"] if args.quick else [])])
-    payload = {"seeds": seeds, "epochs": epochs, "batch_size": args.batch_size,
-               "hidden": list(HIDDEN), "learning_rate": LEARNING_RATE, "strengths": strengths,
-               "variants": variants,
+        "logit temperature or a margin loss for that reason, which this run does not use."])
+    payload = {"config": config.to_dict(), "variants": variants,
                "claims": {name: [c.__dict__ for c in v] for name, v in verdicts.items()}}
-    write_results(args.out, text, payload)
-    _plot(strengths, variants, os.path.join(args.out, "orthogonality.png"))
+    write_results(out_dir, text, payload)
+    _plot(strengths, variants, os.path.join(out_dir, "orthogonality.png"))
     return payload

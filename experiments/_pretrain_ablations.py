@@ -1,6 +1,6 @@
 """Pretraining ablations: z-loss x weight-decay coupling x learning rate x seeds, one grid.
 
-The model, data and loss of ``jaxreg.experiments.pretrain`` at a smaller size; every member
+The model, data and loss of ``experiments/pretrain.py`` at a smaller size; every member
 of learning rates x {no z-loss, z-loss} x {coupled decay, decoupled decay} x seeds trains as
 ONE vmapped ``jaxreg.train.grid`` program (one optimizer whose learning rate and two decays
 are injected hyperparameters; the z-loss strength is the objective's), evaluated on the same
@@ -31,15 +31,14 @@ import time
 
 import numpy as np
 
-from jaxreg.experiments import config as config_lib
-from jaxreg.experiments.pretrain import (
+from experiments.pretrain import (
     make_evaluate,
     make_objective,
     make_optimizer,
     model_of,
     spread_windows,
 )
-from jaxreg.experiments.report import Claim, markdown_table, mean_std, write_results
+from jaxreg.protocol.report import Claim, markdown_table, mean_std, write_results
 
 COUPLINGS = ("coupled", "decoupled")
 
@@ -138,7 +137,6 @@ def run_ablations(config, out_dir: str, progress: bool) -> dict:
                "history": {k: v.tolist() for k, v in result.history.items()},
                "seconds": seconds, "claims": [c.__dict__ for c in claims]}
     text_out = report(config, lrs, zs, final, abs_log_z, sensitivity, l0, seconds, claims)
-    config_lib.save(config, out_dir)
     write_results(out_dir, text_out, payload)
     plot(lrs, zs, final, os.path.join(out_dir, "sensitivity.png"))
     return payload

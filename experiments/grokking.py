@@ -11,7 +11,8 @@ ReLU, no biases, PyTorch's default initialisation (``U(+-1/sqrt(fan_in))``), flo
 throughout; full-batch Adam (``lr = 0.01``, ``beta1 = 0.9``, ``eps = 1e-25``, the reference's
 AdamW with weight decay 0), ``beta2 = 0.99`` except for StableMax (0.999), as in the
 reference's Figure 1 commands. The first layer is a lookup ``W1[a] + W1[p + b]``, equal to
-the one-hot product. Variants:
+the one-hot product. Methods (``methods.names``, each with its Adam ``beta2`` in
+``methods.beta2``):
 
 * ``softmax CE``: the cross-entropy of the softmax, in float32;
 * ``StableMax CE``: ``jaxreg.losses.classification.stablemax_cross_entropy`` on the float32
@@ -23,20 +24,32 @@ the one-hot product. Variants:
 * ``StableMax CE, float32 loss``: the same StableMax loss computed in float32 (not in the
   paper; added after the first full run, see the results page).
 
-All variants x seeds train as one jitted program: ``vmap`` over variants and seeds of a
-``lax.scan`` over ``--log-every`` steps, called once per logging interval (the variant is a
-traced flag selecting the loss and the projection, and a traced ``beta2``; the members of a
-seed share the split and the initial parameters). Every ``--log-every`` steps: test
+All methods x seeds train as one jitted program: ``vmap`` over methods and seeds of a
+``lax.scan`` over ``train.log_every`` steps, called once per logging interval (the method is
+a traced flag selecting the loss and the projection, and a traced ``beta2``; the members of a
+seed share the split and the initial parameters). Every ``train.log_every`` steps: test
 accuracy, training accuracy, and the fraction of training examples in Softmax Collapse
 (``jaxreg.diagnostics.collapse``, float32, without labels: the reference logger's
 ``softmax_collapse``, which it also computes on the logits of the StableMax runs, where the
 softmax is not what is trained).
 
 Scale (fixed from the compute budget before any run, not from results): the paper uses
-``p = 113`` and 80,000 full-batch steps for softmax and StableMax; here ``--modulus`` 41
-(1681 pairs, 672 for training) and ``--steps`` 4000, sized for a few minutes on two CPU
-cores (4 variants x 3 seeds); ``--modulus 113 --steps 80000`` is the paper's scale (the
-reference runs ⊥AdamW for 300 steps, softmax and StableMax for 80,000).
+``p = 113`` and 80,000 full-batch steps for softmax and StableMax; here ``data.modulus`` 41
+(1681 pairs, 672 for training) and ``train.steps`` 4000, sized for a few minutes on two CPU
+cores (4 methods x 3 seeds); the ``gpu`` variant is the paper's scale (the reference runs
+⊥AdamW for 300 steps, softmax and StableMax for 80,000).
+
+The protocol is one config (``get_config``; any field can be set with ``--set``, e.g.
+``--set data.modulus=59 --set train.steps=8000``). Variants:
+
+- ``cpu`` (default): p = 41, 4000 steps, measured every 100, seeds 0-2, JAX's default
+  matrix-multiply precision (float32 on a CPU).
+- ``gpu``: the paper's scale, as run on one H100 for the supplementary section of
+  docs/results/grokking.md: p = 113 (5107 of 12769 pairs for training), 80,000 steps,
+  measured every 2000, seeds 0-2, matrix products at ``highest`` precision (float32, not
+  TF32; what ``JAX_DEFAULT_MATMUL_PRECISION=highest`` did for that run).
+
+``--quick``: p = 11, 20 steps measured every 10, two seeds.
 
 Claims checked, with rules fixed before the full run (final = the last logged step; mean and
 standard error (SE) over seeds):
@@ -48,39 +61,73 @@ standard error (SE) over seeds):
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import optax
 from tqdm.auto import tqdm
 
 from jaxreg.diagnostics.collapse import softmax_collapse_fraction
-from jaxreg.experiments.report import (
-    Claim,
-    experiment_parser,
-    markdown_table,
-    mean_std,
-    run_size,
-    write_results,
-)
 from jaxreg.losses.classification import stablemax_cross_entropy
 from jaxreg.optim.weight_decay import orthogonal_gradient
+from jaxreg.protocol import config as config_lib
+from jaxreg.protocol.report import Claim, markdown_table, mean_std, write_results
 
-HIDDEN = 200
-LEARNING_RATE = 0.01
-ADAM_EPS = 1e-25
-TRAIN_FRACTION = 0.4
-# name -> (loss index into LOSSES, uses the perpendicular gradient, Adam beta2), from the
-# reference's Figure 1 commands.
-VARIANTS = {"softmax CE": (0, 0, 0.99),
-            "StableMax CE": (1, 0, 0.999),
-            "softmax CE + ⊥Adam": (0, 1, 0.99),
-            "StableMax CE, float32 loss": (2, 0, 0.999)}
+# name -> (loss index into LOSSES, uses the perpendicular gradient)
+METHODS = {"softmax CE": (0, 0),
+           "StableMax CE": (1, 0),
+           "softmax CE + ⊥Adam": (0, 1),
+           "StableMax CE, float32 loss": (2, 0)}
 LOSSES = ("softmax (float32)", "StableMax (float64)", "StableMax (float32)")  # by loss index
 GROKKERS = ("StableMax CE", "softmax CE + ⊥Adam")  # claim (b)
+VARIANTS = ("cpu", "gpu")
+
+
+def get_config(variant: str = "cpu") -> ml_collections.ConfigDict:
+    """The whole protocol of ``jaxreg run grokking`` (variants: see the module doc)."""
+    config = ml_collections.ConfigDict()
+    config.variant = variant
+    # (a + b) mod modulus; a random train_fraction of the pairs for training, drawn per seed
+    config.data = dict(modulus=41, train_fraction=0.4)
+    config.model = dict(hidden=200)  # MLP 2p-hidden-hidden-p, ReLU, no biases
+    # full-batch Adam (the reference's AdamW with weight decay 0); beta2 is per method
+    config.optimizer = dict(learning_rate=0.01, b1=0.9, eps=1e-25)
+    # Adam's beta2 of each method, from the reference's Figure 1 commands
+    config.methods = dict(names=tuple(METHODS), beta2=(0.99, 0.999, 0.99, 0.999))
+    # matmul_precision: "default" (JAX's) or a jax.default_matmul_precision value
+    config.train = dict(steps=4000, log_every=100, seeds=(0, 1, 2),
+                        matmul_precision="default")
+    if variant == "cpu":
+        pass
+    elif variant == "gpu":
+        config.data.modulus = 113
+        config.train.update(steps=80_000, log_every=2000, matmul_precision="highest")
+    else:
+        raise ValueError(f"unknown grokking variant {variant!r}; variants: "
+                         + ", ".join(VARIANTS))
+    return config
+
+
+def quick(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """p = 11, 20 steps measured every 10, two seeds: checks the pipeline, not the claims."""
+    return config_lib.replace(config, {"data.modulus": 11, "train.steps": 20,
+                                       "train.log_every": 10, "train.seeds": (0, 1)})
+
+
+def methods_of(config) -> dict:
+    """name -> (loss index, perpendicular, beta2) for the config's ``methods``."""
+    names, beta2 = tuple(config.methods.names), tuple(config.methods.beta2)
+    unknown = [name for name in names if name not in METHODS]
+    if unknown:
+        raise ValueError(f"methods.names: unknown {unknown}; methods: {', '.join(METHODS)}")
+    if len(beta2) != len(names):
+        raise ValueError(f"methods.beta2 has {len(beta2)} values for {len(names)} methods")
+    return {name: (*METHODS[name], b2) for name, b2 in zip(names, beta2)}
 
 
 def modular_addition(modulus: int):
@@ -90,7 +137,7 @@ def modular_addition(modulus: int):
     return jnp.asarray(pairs), jnp.asarray((pairs.sum(1) % modulus).astype(np.int32))
 
 
-def init_mlp(rng: np.random.Generator, modulus: int, hidden: int = HIDDEN) -> list:
+def init_mlp(rng: np.random.Generator, modulus: int, hidden: int) -> list:
     """Kernels of ``2p-hidden-hidden-p`` (no biases), ``U(+-1/sqrt(fan_in))`` as
     ``torch.nn.Linear``'s default."""
     sizes = [2 * modulus, hidden, hidden, modulus]
@@ -98,11 +145,11 @@ def init_mlp(rng: np.random.Generator, modulus: int, hidden: int = HIDDEN) -> li
             for n_in, n_out in zip(sizes[:-1], sizes[1:])]
 
 
-def split(rng: np.random.Generator, modulus: int) -> dict:
-    """A random ``TRAIN_FRACTION`` of the pairs for training, the rest for testing."""
+def split(rng: np.random.Generator, modulus: int, train_fraction: float) -> dict:
+    """A random ``train_fraction`` of the pairs for training, the rest for testing."""
     pairs, labels = modular_addition(modulus)
     order = rng.permutation(modulus ** 2)
-    n_train = int(TRAIN_FRACTION * modulus ** 2)
+    n_train = int(train_fraction * modulus ** 2)
     return {"train": (pairs[order[:n_train]], labels[order[:n_train]]),
             "test": (pairs[order[n_train:]], labels[order[n_train:]])}
 
@@ -115,11 +162,12 @@ def apply_mlp(params, pairs):
     return jax.nn.relu(h @ w2) @ w3
 
 
-def make_advance(log_every: int):
-    """``advance(task, carry, variant) -> (carry, metrics)`` for one member: ``log_every``
+def make_advance(log_every: int, optimizer_config):
+    """``advance(task, carry, method) -> (carry, metrics)`` for one member: ``log_every``
     full-batch steps from ``carry = (params, adam_state)`` on ``task`` (see ``split``), then
-    the metrics. ``variant`` is ``(loss, perpendicular, beta2)`` as traced scalars (``loss``
-    indexes ``LOSSES``); trace it with x64 enabled (the float64 StableMax loss)."""
+    the metrics. ``method`` is ``(loss, perpendicular, beta2)`` as traced scalars (``loss``
+    indexes ``LOSSES``); trace it with x64 enabled (the float64 StableMax loss).
+    ``optimizer_config``: the config's ``optimizer`` group."""
     project = orthogonal_gradient()
 
     def loss_fn(params, task, loss):
@@ -131,9 +179,9 @@ def make_advance(log_every: int):
             stablemax_cross_entropy(logits, y)]
         return jnp.select([loss == i for i in range(len(LOSSES))], per_example).mean()
 
-    def advance(task, carry, variant):
-        loss, perpendicular, beta2 = variant
-        optimizer = optimizer_for(beta2)
+    def advance(task, carry, method):
+        loss, perpendicular, beta2 = method
+        optimizer = optimizer_for(optimizer_config, beta2)
 
         def step(carry, _):
             params, opt_state = carry
@@ -157,33 +205,43 @@ def make_advance(log_every: int):
     return advance
 
 
-def optimizer_for(beta2) -> optax.GradientTransformation:
+def optimizer_for(optimizer_config, beta2) -> optax.GradientTransformation:
     """The reference's optimizer: AdamW with weight decay 0, i.e. Adam (``beta2`` may be
-    traced)."""
-    return optax.adam(LEARNING_RATE, b1=0.9, b2=beta2, eps=ADAM_EPS)
+    traced), with the learning rate, ``b1`` and ``eps`` of ``optimizer_config``."""
+    return optax.adam(optimizer_config.learning_rate, b1=optimizer_config.b1, b2=beta2,
+                      eps=optimizer_config.eps)
 
 
-def train_all(modulus: int, steps: int, log_every: int, seeds, progress: bool) -> dict:
-    """Every variant x seed as one jitted, vmapped program, called once per ``log_every``
-    steps; history: name -> [variants, seeds, steps // log_every]. Members of a seed share
+def train_all(config, progress: bool) -> dict:
+    """Every method x seed as one jitted, vmapped program, called once per ``log_every``
+    steps; history: name -> [methods, seeds, steps // log_every]. Members of a seed share
     the split and the initial parameters."""
-    rngs = [np.random.default_rng(seed) for seed in seeds]
-    tasks = [split(rng, modulus) for rng in rngs]
+    modulus, hidden = config.data.modulus, config.model.hidden
+    steps, log_every = config.train.steps, config.train.log_every
+    methods = methods_of(config)
+    rngs = [np.random.default_rng(seed) for seed in config.train.seeds]
+    tasks = [split(rng, modulus, config.data.train_fraction) for rng in rngs]
     task = jax.tree.map(lambda *x: jnp.stack(x), *tasks)
-    params = jax.tree.map(lambda *x: jnp.stack(x), *[init_mlp(rng, modulus) for rng in rngs])
-    params = jax.tree.map(lambda x: jnp.broadcast_to(x, (len(VARIANTS), *x.shape)), params)
-    opt_state = jax.vmap(jax.vmap(optimizer_for(0.99).init))(params)  # beta2 not in init
+    params = jax.tree.map(lambda *x: jnp.stack(x),
+                          *[init_mlp(rng, modulus, hidden) for rng in rngs])
+    params = jax.tree.map(lambda x: jnp.broadcast_to(x, (len(methods), *x.shape)), params)
+    # beta2 is not in Adam's state
+    opt_state = jax.vmap(jax.vmap(optimizer_for(config.optimizer, 0.99).init))(params)
     carry = (params, opt_state)
-    variant = tuple(jnp.asarray([v[i] for v in VARIANTS.values()], dtype)
+    method = tuple(jnp.asarray([m[i] for m in methods.values()], dtype)
                     for i, dtype in enumerate((jnp.int32, jnp.float32, jnp.float32)))
-    # inner vmap: seeds (task, carry); outer: variants (carry, variant)
-    advance_all = jax.jit(jax.vmap(jax.vmap(make_advance(log_every), in_axes=(0, 0, None)),
+    # inner vmap: seeds (task, carry); outer: methods (carry, method)
+    advance = make_advance(log_every, config.optimizer)
+    advance_all = jax.jit(jax.vmap(jax.vmap(advance, in_axes=(0, 0, None)),
                                    in_axes=(None, 0, 0)))
+    precision = config.train.matmul_precision
     history = []
-    with jax.enable_x64(True):  # traced with x64 for the reference's float64 StableMax loss
+    with jax.enable_x64(True), (  # x64: the reference's float64 StableMax loss
+            contextlib.nullcontext() if precision == "default"
+            else jax.default_matmul_precision(precision)):
         for _ in tqdm(range(steps // log_every), desc=f"grokking p={modulus}",
                       disable=not progress, unit=f"x{log_every} steps", dynamic_ncols=True):
-            carry, metrics = advance_all(task, carry, variant)
+            carry, metrics = advance_all(task, carry, method)
             history.append(jax.device_get(metrics))
     assert all(leaf.dtype != jnp.float64 for leaf in jax.tree.leaves(carry))
     return {key: np.stack([h[key] for h in history], -1) for key in history[0]}
@@ -207,16 +265,19 @@ def _mean_se(values) -> tuple[float, float]:
 
 
 def claims(final_test: dict, final_sc: dict) -> list[Claim]:
-    """The rules of the module docstring; dicts variant -> [seeds] at the last logged step."""
-    acc, acc_se = _mean_se(final_test["softmax CE"])
-    sc, sc_se = _mean_se(final_sc["softmax CE"])
-    verdicts = [Claim(
-        "with softmax CE and no weight decay, test accuracy stays low while Softmax Collapse "
-        "rises", "mean final test accuracy + 2 SE < 0.5 and mean final training SC fraction "
-        "- 2 SE > 0.5", bool(acc + 2 * acc_se < 0.5 and sc - 2 * sc_se > 0.5),
-        f"test accuracy {100 * acc:.1f} ± {100 * acc_se:.1f} %, SC fraction "
-        f"{100 * sc:.1f} ± {100 * sc_se:.1f} % (mean ± SE)")]
-    for name in GROKKERS:
+    """The rules of the module docstring; dicts method -> [seeds] at the last logged step
+    (a claim on a method that did not run is left out)."""
+    verdicts = []
+    if "softmax CE" in final_test:
+        acc, acc_se = _mean_se(final_test["softmax CE"])
+        sc, sc_se = _mean_se(final_sc["softmax CE"])
+        verdicts.append(Claim(
+            "with softmax CE and no weight decay, test accuracy stays low while Softmax "
+            "Collapse rises", "mean final test accuracy + 2 SE < 0.5 and mean final training "
+            "SC fraction - 2 SE > 0.5", bool(acc + 2 * acc_se < 0.5 and sc - 2 * sc_se > 0.5),
+            f"test accuracy {100 * acc:.1f} ± {100 * acc_se:.1f} %, SC fraction "
+            f"{100 * sc:.1f} ± {100 * sc_se:.1f} % (mean ± SE)"))
+    for name in [n for n in GROKKERS if n in final_test]:
         acc, acc_se = _mean_se(final_test[name])
         verdicts.append(Claim(
             f"{name} reaches high test accuracy (groks) without weight decay",
@@ -225,14 +286,14 @@ def claims(final_test: dict, final_sc: dict) -> list[Claim]:
     return verdicts
 
 
-def _plot(steps_logged, variants, path):
+def _plot(steps_logged, results, path):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
     styles = (("tab:red", "-"), ("tab:blue", "-"), ("tab:green", "-"), ("tab:purple", "--"))
-    for (name, r), (color, style) in zip(variants.items(), styles):
+    for (name, r), (color, style) in zip(results.items(), styles):
         for ax, key in zip(axes, ("test_accuracy", "train_sc_fraction")):
             values = 100 * np.asarray(r[key])  # [seeds, logs]
             mean = values.mean(0)
@@ -250,28 +311,20 @@ def _plot(steps_logged, variants, path):
     plt.close(fig)
 
 
-def main(argv=None) -> dict:
-    parser = experiment_parser("grokking", __doc__, seeds=3, epochs=4000, batch_size=0,
-                               quick_epochs=20,
-                               quick="p = 11, ")
-    parser.add_argument("--modulus", type=int, default=41, help="p (default 41; paper 113)")
-    parser.add_argument("--log-every", type=int, default=100,
-                        help="steps between measurements (default 100)")
-    parser.add_argument("--steps", dest="epochs", type=int, default=4000,
-                        help="full-batch steps (default 4000; --epochs is the same)")
-    args = parser.parse_args(argv)
-    seeds, steps = run_size(args)
-    modulus = 11 if args.quick else args.modulus
-    log_every = 10 if args.quick else args.log_every
+def run(config, out_dir: str, progress: bool) -> dict:
+    modulus, steps, log_every = config.data.modulus, config.train.steps, config.train.log_every
+    seeds, hidden = list(config.train.seeds), config.model.hidden
     if steps % log_every:
-        parser.error(f"--steps ({steps}) must be a multiple of --log-every ({log_every})")
+        raise ValueError(f"train.steps ({steps}) must be a multiple of train.log_every "
+                         f"({log_every})")
+    methods = methods_of(config)
     start = time.time()
-    history = train_all(modulus, steps, log_every, seeds, not args.no_progress)
+    history = train_all(config, progress)
     seconds = time.time() - start
     steps_logged = list(range(log_every, steps + 1, log_every))
-    variants = {name: {key: history[key][v].tolist() for key in history}
-                for v, name in enumerate(VARIANTS)}
-    final = {key: {name: [row[-1] for row in r[key]] for name, r in variants.items()}
+    results = {name: {key: history[key][v].tolist() for key in history}
+               for v, name in enumerate(methods)}
+    final = {key: {name: [row[-1] for row in r[key]] for name, r in results.items()}
              for key in history}
     verdicts = claims(final["test_accuracy"], final["train_sc_fraction"])
     rows = [[name, mean_std(final["train_accuracy"][name]),
@@ -279,31 +332,31 @@ def main(argv=None) -> dict:
              mean_std(final["train_sc_fraction"][name]),
              mean_std(np.max(r["test_accuracy"], 1)),
              mean_std(final["train_loss"][name], 1.0, 3)]
-            for name, r in variants.items()]
-    table = markdown_table(["variant", "train acc %", "test acc %", "train SC %",
+            for name, r in results.items()]
+    table = markdown_table(["method", "train acc %", "test acc %", "train SC %",
                             "best test acc %", "train loss"], rows)
-    n_train = int(TRAIN_FRACTION * modulus ** 2)
+    fraction = config.data.train_fraction
+    n_train = int(fraction * modulus ** 2)
+    opt = config.optimizer
     text = "\n".join([
         "# Grokking modular addition without weight decay", "",
-        f"(a + b) mod {modulus}: {n_train} of {modulus ** 2} pairs for training (a random 40% "
-        f"per seed), MLP {2 * modulus}-{HIDDEN}-{HIDDEN}-{modulus} (ReLU, no biases, float32), "
-        f"full-batch Adam (lr {LEARNING_RATE}, eps {ADAM_EPS:g}, no weight decay), {steps} "
-        f"steps, {len(seeds)} seeds, one vmapped program, {seconds:.0f} s. Values at the last "
-        "step (mean ± std over seeds); SC: the fraction of training examples whose float32 "
-        "softmax denominator rounds to exactly 1 (Softmax Collapse); best test acc: the best "
-        "logged test accuracy.", "", table, "",
+        f"Variant `{config.variant}`: (a + b) mod {modulus}: {n_train} of {modulus ** 2} pairs "
+        f"for training (a random {100 * fraction:g}% per seed), MLP "
+        f"{2 * modulus}-{hidden}-{hidden}-{modulus} (ReLU, no biases, float32), full-batch "
+        f"Adam (lr {opt.learning_rate:g}, eps {opt.eps:g}, no weight decay), {steps} steps, "
+        f"{len(seeds)} seeds, one vmapped program, {seconds:.0f} s. Values at the last step "
+        "(mean ± std over seeds); SC: the fraction of training examples whose float32 softmax "
+        "denominator rounds to exactly 1 (Softmax Collapse); best test acc: the best logged "
+        "test accuracy. The whole protocol is `config.json` beside this file.", "", table, "",
         "## The paper's claims (Prieto et al. 2025, arXiv:2501.04697)", "",
         "Rules fixed before the full run:", "", *[c.line() for c in verdicts], "",
-        "## Notes", "", HISTORY,
-        *(["", "(--quick run: too small to test the claims.)"] if args.quick else [])])
-    payload = {"modulus": modulus, "train_size": n_train, "steps": steps,
-               "log_every": log_every, "seeds": seeds, "hidden": HIDDEN,
-               "learning_rate": LEARNING_RATE, "adam_eps": ADAM_EPS,
-               "variants_config": {name: {"loss": LOSSES[loss], "perpendicular_gradient":
-                                          bool(perp), "beta2": b2}
-                                   for name, (loss, perp, b2) in VARIANTS.items()},
-               "seconds": seconds, "logged_steps": steps_logged, "variants": variants,
+        "## Notes", "", HISTORY])
+    payload = {"config": config.to_dict(), "train_size": n_train,
+               "methods": {name: {"loss": LOSSES[loss], "perpendicular_gradient": bool(perp),
+                                  "beta2": b2}
+                           for name, (loss, perp, b2) in methods.items()},
+               "seconds": seconds, "logged_steps": steps_logged, "results": results,
                "claims": [c.__dict__ for c in verdicts]}
-    write_results(args.out, text, payload)
-    _plot(steps_logged, variants, os.path.join(args.out, "grokking.png"))
+    write_results(out_dir, text, payload)
+    _plot(steps_logged, results, os.path.join(out_dir, "grokking.png"))
     return payload

@@ -3,7 +3,8 @@
 Setup: scikit-learn's digits (1437 training images, 360 test images); for each seed, 10
 labelled images per class (100 in all) are drawn from the training split, and every
 training image (the labelled ones included, as in the official code) is unlabelled data.
-An MLP (64-256-256-10, ReLU) is trained with Adam (learning rate 1e-3) on the cross-entropy
+An MLP (64-256-256-10, ReLU) is trained with Adam (learning rate 1e-3, 150 epochs, 5 seeds)
+on the cross-entropy
 of a labelled batch (32 images drawn from the 100) plus, except for the supervised baseline,
 ``alpha * LDS`` (``jaxreg.regularizers.smoothness.virtual_adversarial``) on the labelled and
 an unlabelled batch (128 images) together: the paper's objective (Miyato, Maeda, Koyama &
@@ -34,6 +35,11 @@ directions regularize better than the random ones of RPT, which the paper compar
 run: paired over seeds, the last-epoch test accuracy of ``VAT`` minus that of the other
 method is above zero by more than two standard errors of the paired difference; one verdict
 against ``supervised`` and one against ``RPT``.
+
+The protocol is one config (``get_config``; any field can be set with ``--set``, e.g.
+``--set methods=supervised,VAT`` or ``--set loss.epsilon=0.2``; ``loss.epsilon = 0`` is the
+input-scale rule above). One variant, ``default``: the setup above. ``--quick``: 2 seeds, 2
+epochs.
 """
 
 from __future__ import annotations
@@ -42,33 +48,61 @@ import os
 import time
 
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import optax
 
 from jaxreg import data as data_lib
 from jaxreg import models, train
-from jaxreg.experiments.report import (
-    Claim,
-    experiment_parser,
-    markdown_table,
-    mean_std,
-    run_size,
-    write_results,
-)
+from jaxreg.protocol import config as config_lib
+from jaxreg.protocol.report import Claim, markdown_table, mean_std, write_results
 from jaxreg.regularizers import smoothness
 
-HIDDEN = (256, 256)
-LEARNING_RATE = 1e-3
-LABELS_PER_CLASS = 10
-LABELLED_BATCH = 32
-ALPHA = 1.0
-XI = 1e-6
+VARIANTS = ("default",)
+# The official semi-supervised MNIST command's epsilon and MNIST's mean input norm (facts
+# about the reference run, from which epsilon is scaled; see the module doc).
 MNIST_EPSILON, MNIST_MEAN_NORM = 0.3, float(np.sqrt(784 * (0.3081 ** 2 + 0.1307 ** 2)))
-# name -> VAT penalty options (None: supervised only).
-METHODS = {"supervised": None,
-           "RPT": {"num_power_iterations": 0},
-           "VAT": {"num_power_iterations": 1},
-           "VAT (HVP)": {"num_power_iterations": 1, "finite_difference": False}}
+METHOD_NAMES = ("supervised", "RPT", "VAT", "VAT (HVP)")
+
+
+def get_config(variant: str = "default") -> ml_collections.ConfigDict:
+    """The whole protocol of ``jaxreg run vat`` (see the module doc)."""
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown vat variant {variant!r}; variants: {', '.join(VARIANTS)}")
+    config = ml_collections.ConfigDict()
+    config.variant = variant
+    # train_size 0: the digits builder's 1437 / 360 split; else a stratified resplit. Per
+    # seed, labels_per_class labelled images per class (drawn with that seed); every
+    # training image is unlabelled data.
+    config.data = dict(train_size=0, split_seed=0, labels_per_class=10)
+    config.model = dict(hidden=(256, 256))
+    config.optimizer = dict(name="adam", learning_rate=1e-3)
+    # batch_size: the unlabelled batch (an epoch is one pass over the unlabelled images);
+    # labelled_batch: the labelled images per step
+    config.train = dict(epochs=150, batch_size=128, labelled_batch=32, seeds=(0, 1, 2, 3, 4))
+    # alpha * LDS; xi: the power iteration's finite-difference step; power_iterations of VAT
+    # (RPT: 0); epsilon 0: MNIST_EPSILON / MNIST_MEAN_NORM times the mean input norm
+    config.loss = dict(alpha=1.0, xi=1e-6, epsilon=0.0, power_iterations=1)
+    config.methods = METHOD_NAMES
+    return config
+
+
+def quick(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """Two seeds, two epochs: checks the pipeline, not the claim."""
+    return config_lib.replace(config, {"train.epochs": 2, "train.seeds": (0, 1)})
+
+
+def methods(config) -> dict:
+    """The config's methods: name -> VAT penalty options (None: supervised only)."""
+    unknown = [m for m in config.methods if m not in METHOD_NAMES]
+    if unknown:
+        raise ValueError(f"methods: unknown {unknown}; choose from {', '.join(METHOD_NAMES)}")
+    power = config.loss.power_iterations
+    every = {"supervised": None,
+             "RPT": {"num_power_iterations": 0},
+             "VAT": {"num_power_iterations": power},
+             "VAT (HVP)": {"num_power_iterations": power, "finite_difference": False}}
+    return {name: every[name] for name in METHOD_NAMES if name in config.methods}
 
 
 def choose_epsilon(images) -> float:
@@ -106,22 +140,24 @@ def claims(accuracy: dict) -> list[Claim]:
     return verdicts
 
 
-def run_method(options, *, model, train_set, test_set, pools, epsilon, seeds, epochs,
-               batch_size, progress, desc) -> dict:
+def run_method(options, config, *, model, train_set, test_set, pools, epsilon, progress,
+               desc) -> dict:
     """One vmapped grid over seeds; test accuracy per epoch [seeds, epochs]."""
+    t, loss = config.train, config.loss
+    labelled_batch, learning_rate = t.labelled_batch, config.optimizer.learning_rate
     test_x, test_y = jnp.asarray(test_set["image"]), jnp.asarray(test_set["label"])
-    optimizer = optax.inject_hyperparams(optax.adam)(learning_rate=LEARNING_RATE)
+    optimizer = optax.inject_hyperparams(optax.adam)(learning_rate=learning_rate)
 
     def objective(params, batch, hparams, key):
-        images = batch["labelled_image"][:LABELLED_BATCH]
+        images = batch["labelled_image"][:labelled_batch]
         logits = model.apply(params, images)
         terms = {"ce": optax.losses.softmax_cross_entropy_with_integer_labels(
-            logits, batch["labelled_label"][:LABELLED_BATCH]).mean()}
+            logits, batch["labelled_label"][:labelled_batch]).mean()}
         if options is not None:
             inputs = jnp.concatenate([images, batch["image"]])
             terms["lds"] = smoothness.virtual_adversarial(
                 model.apply, params, inputs, key, strength=hparams["alpha"],
-                epsilon=hparams["epsilon"], xi=XI, **options)
+                epsilon=hparams["epsilon"], xi=loss.xi, **options)
         return terms
 
     def evaluate(state, member):
@@ -131,8 +167,8 @@ def run_method(options, *, model, train_set, test_set, pools, epsilon, seeds, ep
     t0 = time.time()
     result = train.grid(
         objective, optimizer, model.init, {"image": train_set["image"]},
-        hparams={"alpha": [ALPHA], "epsilon": [epsilon], "learning_rate": [LEARNING_RATE]},
-        seeds=seeds, epochs=epochs, batch_size=batch_size, evaluate=evaluate,
+        hparams={"alpha": [loss.alpha], "epsilon": [epsilon], "learning_rate": [learning_rate]},
+        seeds=list(t.seeds), epochs=t.epochs, batch_size=t.batch_size, evaluate=evaluate,
         seed_data={"labelled_image": train_set["image"][pools],
                    "labelled_label": train_set["label"][pools]},
         progress=progress, desc=desc)
@@ -167,24 +203,27 @@ def _plot(results, path):
     plt.close(fig)
 
 
-def main(argv=None) -> dict:
-    parser = experiment_parser("vat", __doc__, seeds=5, epochs=150, batch_size=128,
-                               quick_epochs=2)
-    parser.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS),
-                        help="the methods to train (default: all)")
-    args = parser.parse_args(argv)
-    seeds, epochs = run_size(args)
-    start, methods = time.time(), {m: METHODS[m] for m in METHODS if m in args.methods}
-    train_set, test_set = data_lib.load_digits("train"), data_lib.load_digits("test")
-    epsilon = choose_epsilon(train_set["image"])
-    model = models.mlp(train_set["image"].shape[1:], 10, hidden=HIDDEN)
-    pools = np.stack([labelled_pool(train_set["label"], LABELS_PER_CLASS, s,
+def load_data(config):
+    """The train and test splits the config names."""
+    size = config.data.train_size or None
+    return (data_lib.load_digits("train", train_size=size, seed=config.data.split_seed),
+            data_lib.load_digits("test", train_size=size, seed=config.data.split_seed))
+
+
+def run(config, out_dir: str, progress: bool) -> dict:
+    t, loss = config.train, config.loss
+    seeds = list(t.seeds)
+    start, chosen = time.time(), methods(config)
+    train_set, test_set = load_data(config)
+    epsilon = loss.epsilon or choose_epsilon(train_set["image"])
+    hidden = tuple(config.model.hidden)
+    model = models.mlp(train_set["image"].shape[1:], 10, hidden=hidden)
+    pools = np.stack([labelled_pool(train_set["label"], config.data.labels_per_class, s,
                                     len(train_set["label"])) for s in seeds])
-    results = {name: run_method(options, model=model, train_set=train_set, test_set=test_set,
-                                pools=pools, epsilon=epsilon, seeds=seeds, epochs=epochs,
-                                batch_size=args.batch_size, progress=not args.no_progress,
-                                desc=name)
-               for name, options in methods.items()}
+    results = {name: run_method(options, config, model=model, train_set=train_set,
+                                test_set=test_set, pools=pools, epsilon=epsilon,
+                                progress=progress, desc=name)
+               for name, options in chosen.items()}
     accuracy = {name: r["test_accuracy"] for name, r in results.items()}
     verdicts = claims(accuracy)
     hvp = claims({**{n: a for n, a in accuracy.items() if n != "VAT"},
@@ -196,18 +235,22 @@ def main(argv=None) -> dict:
             for name, r in results.items()]
     table = markdown_table(["method", "last-epoch test acc %", "best-epoch test acc %",
                             "train cross-entropy", "train LDS"], rows)
+    labels = config.data.labels_per_class
+    epsilon_source = (f"epsilon = {epsilon:.3f} (0.3 / 9.37 of the mean input norm, the ratio "
+                      "of the official semi-supervised MNIST command; chosen before the run, "
+                      "not tuned)") if not loss.epsilon else f"epsilon = {epsilon:g} (set)"
     text = "\n".join([
         "# Virtual adversarial training: digits with 100 labels", "",
-        f"MLP 64-{'-'.join(map(str, HIDDEN))}-10, Adam (learning rate {LEARNING_RATE}), "
-        f"labelled batch {LABELLED_BATCH} (10 labels per class, drawn per seed), unlabelled "
-        f"batch {args.batch_size} (all 1437 training images), {epochs} epochs of "
-        f"{len(train_set['label']) // args.batch_size} steps, {len(seeds)} seeds, one "
-        f"vmapped grid over seeds per method, {time.time() - start:.0f} s. alpha = {ALPHA}, "
-        f"xi = {XI:g}, epsilon = {epsilon:.3f} (0.3 / 9.37 of the mean input norm, the "
-        "ratio of the official semi-supervised MNIST command; chosen before the run, not "
-        "tuned). LDS on the labelled and unlabelled batches together. The best-epoch column "
-        "reads the test set at every epoch and is for information only; the verdicts use "
-        "the last epoch. Mean ± std over seeds.", "", table, "",
+        f"Variant `{config.variant}`: MLP 64-{'-'.join(map(str, hidden))}-10, Adam (learning "
+        f"rate {config.optimizer.learning_rate}), labelled batch {t.labelled_batch} ({labels} "
+        f"labels per class, drawn per seed), unlabelled batch {t.batch_size} (all "
+        f"{len(train_set['label'])} training images), {t.epochs} epochs of "
+        f"{len(train_set['label']) // t.batch_size} steps, {len(seeds)} seeds, one "
+        f"vmapped grid over seeds per method, {time.time() - start:.0f} s. alpha = "
+        f"{loss.alpha}, xi = {loss.xi:g}, {epsilon_source}. LDS on the labelled and "
+        "unlabelled batches together. The best-epoch column reads the test set at every "
+        "epoch and is for information only; the verdicts use the last epoch. Mean ± std over "
+        "seeds. The whole protocol is `config.json` beside this file.", "", table, "",
         "## The paper's claim", "", "Pre-registered test (VAT with the default finite "
         "difference):", "", *[c.line() for c in verdicts], "",
         "Secondary arm, the same rules with VAT (HVP) in place of VAT:", "",
@@ -216,14 +259,10 @@ def main(argv=None) -> dict:
         "dominated by rounding (documented in `jaxreg/regularizers/smoothness.py`; "
         "`finite_difference=False` computes the exact Hessian-vector product instead). The "
         "pre-registered arm uses the default `finite_difference=True`, which matches the "
-        "official code; the HVP arm shows what the exact direction gives.",
-        *(["", "(--quick run: too short to test the claim.)"] if args.quick else [])])
-    payload = {"seeds": seeds, "epochs": epochs, "batch_size": args.batch_size,
-               "labelled_batch": LABELLED_BATCH, "labels_per_class": LABELS_PER_CLASS,
-               "hidden": list(HIDDEN), "learning_rate": LEARNING_RATE, "alpha": ALPHA,
-               "xi": XI, "epsilon": epsilon, "methods": results,
+        "official code; the HVP arm shows what the exact direction gives."])
+    payload = {"config": config.to_dict(), "epsilon": epsilon, "methods": results,
                "claims": [c.__dict__ for c in verdicts],
                "claims_hvp": [c.__dict__ for c in hvp]}
-    write_results(args.out, text, payload)
-    _plot(results, os.path.join(args.out, "vat.png"))
+    write_results(out_dir, text, payload)
+    _plot(results, os.path.join(out_dir, "vat.png"))
     return payload

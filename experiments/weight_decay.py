@@ -1,9 +1,10 @@
 """Adam + L2 vs AdamW vs decoupled weight decay on digits, over a learning-rate x decay grid.
 
 An MLP (64-128-128-10, ReLU) is trained on scikit-learn's digits (1437 training images, 360
-test images) with Adam (batch 64) and a cosine schedule ``eta_t = (1 + cos(pi t / T)) / 2``
-over the whole run (the paper's cosine annealing without restarts), where ``alpha`` is the
-base learning rate and ``lambda`` the decay, applied to the kernels only (never biases):
+test images) with Adam (batch 64, 30 epochs, 4 seeds) and a cosine schedule
+``eta_t = (1 + cos(pi t / T)) / 2`` over the whole run (the paper's cosine annealing without
+restarts), where ``alpha`` is the base learning rate and ``lambda`` the decay, applied to the
+kernels only (never biases):
 
 - *Adam + L2*: ``lambda / 2 * ||theta||^2`` added to the loss, so the decay's gradient goes
   through Adam's preconditioner; step ``alpha eta_t adam(g + lambda theta)``.
@@ -18,11 +19,12 @@ base learning rate and ``lambda`` the decay, applied to the kernels only (never 
 The last two are the same family of updates in two coordinates (``lambda_decoupled = alpha *
 lambda_adamw``): AdamW (optax) is the decoupled method with the decay re-expressed per unit
 of learning rate, which is the coupling the paper removes. The three methods' learning rates
-x decays (log-spaced; the decoupled decays are the AdamW decays times the middle learning
-rate, so both grids cover the same effective decays there) x seeds are ONE vmapped
-``jaxreg.train.grid`` program: one optimizer with the learning rate and both decays as traced
-hyperparameters and the L2 coefficient in the loss, a method being the choice of which decay
-is nonzero; members of a seed share their initialisation and batch order.
+x decays (log-spaced: learning rates 1e-4 ... 1e-2 in half decades, L2 coefficients 1e-5 ...
+1e-1, AdamW decays 1e-3 ... 10; the decoupled decays are the AdamW decays times the middle
+learning rate, so both grids cover the same effective decays there) x seeds are ONE vmapped
+``jaxreg.train.grid`` program: one optimizer with the learning rate and both decays as
+traced hyperparameters and the L2 coefficient in the loss, a method being the choice of
+which decay is nonzero; members of a seed share their initialisation and batch order.
 
 Claims checked (Loshchilov & Hutter, "Decoupled Weight Decay Regularization", ICLR 2019,
 arXiv 1711.05101, Sec. 4.2-4.3, Fig. 2): (1) with decoupled weight decay the best decay is
@@ -40,6 +42,17 @@ the paper): optax.adamw's slope is at most -0.5. (2) each method's best cell (lo
 per seed, the test error of Adam + L2's best cell minus that of the decoupled method's best
 cell; AGREES if the mean difference exceeds two standard errors (both best cells are
 selected on the same seeds, so both get the same optimistic bias).
+
+The protocol is one config (``get_config``; any field can be set with ``--set``, e.g.
+``--set sweep.learning_rates=1e-3,1e-2``). Variants:
+
+- ``default``: the setup above.
+- ``small``: a second design, chosen after the default run found no learning rate at which
+  weight decay helped, on the premise that a small training set overfits: the first 20
+  training images of each class (200), 150 epochs, batch 32, learning rates 3e-4 ... 3e-2;
+  the same decays and rules (docs/results/weight-decay-small.md).
+
+``--quick``: 2 seeds, 1 epoch, the corners of each grid (2 x 2).
 """
 
 from __future__ import annotations
@@ -49,24 +62,53 @@ import time
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import optax
 
 from jaxreg import data as data_lib
 from jaxreg import models, train
 from jaxreg._validate import kernels_only
-from jaxreg.experiments.report import (
-    Claim,
-    experiment_parser,
-    markdown_table,
-    mean_std,
-    run_size,
-    write_results,
-)
 from jaxreg.optim.weight_decay import decoupled_weight_decay
+from jaxreg.protocol import config as config_lib
+from jaxreg.protocol.report import Claim, markdown_table, mean_std, write_results
 
-HIDDEN = (128, 128)
-BOOTSTRAP = 1000
+VARIANTS = ("default", "small")
+
+
+def get_config(variant: str = "default") -> ml_collections.ConfigDict:
+    """The whole protocol of ``jaxreg run weight-decay`` (variants: see the module doc)."""
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown weight-decay variant {variant!r}; variants: "
+                         f"{', '.join(VARIANTS)}")
+    config = ml_collections.ConfigDict()
+    config.variant = variant
+    # train_size 0: the digits builder's 1437 / 360 split, else a stratified resplit;
+    # train_per_class > 0: then train on the first N training images of each class only
+    config.data = dict(train_size=0, split_seed=0, train_per_class=0)
+    config.model = dict(hidden=(128, 128))
+    # Adam, cosine schedule from the base learning rate to 0 over the run, decays on kernels
+    config.optimizer = dict(name="adam", schedule="cosine")
+    config.train = dict(epochs=30, batch_size=64, seeds=(0, 1, 2, 3))
+    # base learning rates; Adam + L2 coefficients; AdamW decays (the decoupled decays are
+    # these times the middle learning rate)
+    config.sweep = dict(learning_rates=(1e-4, 3e-4, 1e-3, 3e-3, 1e-2),
+                        l2=(1e-5, 1e-4, 1e-3, 1e-2, 1e-1),
+                        decays=(1e-3, 1e-2, 1e-1, 1.0, 10.0))
+    # the coupling slopes' standard errors: bootstrap resamplings of the seeds
+    config.evaluation = dict(bootstrap=1000, bootstrap_seed=0)
+    if variant == "small":
+        config.data.train_per_class = 20
+        config.train.update(epochs=150, batch_size=32)
+        config.sweep.learning_rates = (3e-4, 1e-3, 3e-3, 1e-2, 3e-2)
+    return config
+
+
+def quick(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """Two seeds, one epoch, the corners of each grid: checks the pipeline, not the claims."""
+    corners = {f"sweep.{name}": (values[0], values[-1])
+               for name, values in config.sweep.items()}
+    return config_lib.replace(config, {"train.epochs": 1, "train.seeds": (0, 1), **corners})
 
 
 def optimizer(total_steps: int) -> optax.GradientTransformation:
@@ -96,7 +138,7 @@ def first_per_class(dataset, count: int) -> dict:
     """The first ``count`` examples of each class, in the split's order."""
     labels = np.asarray(dataset["label"])
     if count < 1 or np.min(np.bincount(labels)) < count:
-        raise ValueError(f"`train_per_class` must be between 1 and the smallest class size "
+        raise ValueError(f"`data.train_per_class` must be between 1 and the smallest class size "
                          f"{np.min(np.bincount(labels))}, got {count}.")
     keep = np.sort(np.concatenate([np.nonzero(labels == c)[0][:count]
                                    for c in np.unique(labels)]))
@@ -176,11 +218,11 @@ def best_decays(errors, decays) -> list[float]:
     return [float(decays[j]) for j in np.argmin(surface, axis=1)]
 
 
-def _bootstrap_slopes(results, seed=0) -> dict[str, np.ndarray]:
-    """Coupling slopes of every method over the same bootstrap resamplings of the seeds."""
+def _bootstrap_slopes(results, seed=0, bootstrap=1000) -> dict[str, np.ndarray]:
+    """Coupling slopes of every method over the same ``bootstrap`` resamplings of the seeds."""
     rng = np.random.default_rng(seed)
     n = np.shape(next(iter(results.values()))["test_error"])[-1]
-    picks = rng.integers(0, n, size=(BOOTSTRAP, n))
+    picks = rng.integers(0, n, size=(bootstrap, n))
     return {name: np.array([coupling_slope(np.asarray(r["test_error"])[..., p],
                                            r["learning_rates"], r["decays"]) for p in picks])
             for name, r in results.items()}
@@ -217,11 +259,12 @@ def best_cell(errors) -> tuple[int, int]:
     return int(i), int(j)
 
 
-def claims(results, seed=0) -> list[Claim]:
-    """The paper's claims (and the optax.adamw control) by the rules in the module docstring."""
+def claims(results, seed=0, bootstrap=1000) -> list[Claim]:
+    """The paper's claims (and the optax.adamw control) by the rules in the module docstring,
+    the slopes' standard errors from ``bootstrap`` resamplings of the seeds (with ``seed``)."""
     slopes = {n: coupling_slope(r["test_error"], r["learning_rates"], r["decays"])
               for n, r in results.items()}
-    boot = _bootstrap_slopes(results, seed)
+    boot = _bootstrap_slopes(results, seed, bootstrap)
     dec, l2, adamw = "decoupled (jaxreg)", "Adam + L2", "AdamW (optax)"
     gap = abs(slopes[l2]) - abs(slopes[dec])
     gap_se = float(np.std(np.abs(boot[l2]) - np.abs(boot[dec]), ddof=1))
@@ -284,37 +327,31 @@ def _plot(results, path):
     plt.close(fig)
 
 
-def main(argv=None) -> dict:
-    parser = experiment_parser("weight-decay", __doc__, seeds=4, epochs=30, batch_size=64,
-                               quick_epochs=1, quick="a 2 x 2 grid, ")
-    parser.add_argument("--learning-rates", type=float, nargs="+",
-                        default=[1e-4, 3e-4, 1e-3, 3e-3, 1e-2],
-                        help="base learning rates (default 1e-4 ... 1e-2, half-decade steps)")
-    parser.add_argument("--l2", type=float, nargs="+", default=[1e-5, 1e-4, 1e-3, 1e-2, 1e-1],
-                        help="Adam + L2 coefficients (default 1e-5 ... 1e-1)")
-    parser.add_argument("--decays", type=float, nargs="+",
-                        default=[1e-3, 1e-2, 1e-1, 1.0, 10.0],
-                        help="AdamW decays; the decoupled decays are these times the middle "
-                             "learning rate (default 1e-3 ... 10)")
-    parser.add_argument("--train-per-class", type=int, default=None,
-                        help="train on the first N training images of each class (default: "
-                             "all 1437); a small set overfits, where weight decay can matter")
-    args = parser.parse_args(argv)
-    seeds, epochs = run_size(args)
-    learning_rates, l2, decays = args.learning_rates, args.l2, args.decays
-    if args.quick:  # the corners of each grid
-        learning_rates, l2, decays = ([v[0], v[-1]] for v in (learning_rates, l2, decays))
+def load_data(config):
+    """The train and test splits the config names (the first ``train_per_class`` training
+    images of each class when it is set)."""
+    size = config.data.train_size or None
+    train_set = data_lib.load_digits("train", train_size=size, seed=config.data.split_seed)
+    test_set = data_lib.load_digits("test", train_size=size, seed=config.data.split_seed)
+    if config.data.train_per_class:
+        train_set = first_per_class(train_set, config.data.train_per_class)
+    return train_set, test_set
+
+
+def run(config, out_dir: str, progress: bool) -> dict:
+    t, sweep = config.train, config.sweep
+    seeds = list(t.seeds)
+    learning_rates, l2, decays = (list(sweep[k]) for k in ("learning_rates", "l2", "decays"))
     start = time.time()
-    train_set, test_set = data_lib.load_digits("train"), data_lib.load_digits("test")
-    if args.train_per_class is not None:
-        train_set = first_per_class(train_set, args.train_per_class)
-    model = models.mlp(train_set["image"].shape[1:], 10, hidden=HIDDEN)
-    total_steps = epochs * (len(train_set["label"]) // args.batch_size)
+    train_set, test_set = load_data(config)
+    hidden = tuple(config.model.hidden)
+    model = models.mlp(train_set["image"].shape[1:], 10, hidden=hidden)
+    total_steps = t.epochs * (len(train_set["label"]) // t.batch_size)
     grids = decay_grids(l2, decays, learning_rates)
     results = run_methods(grids, learning_rates, model=model, train_set=train_set,
-                          test_set=test_set, seeds=seeds, epochs=epochs,
-                          batch_size=args.batch_size, progress=not args.no_progress)
-    verdicts = claims(results)
+                          test_set=test_set, seeds=seeds, epochs=t.epochs,
+                          batch_size=t.batch_size, progress=progress)
+    verdicts = claims(results, config.evaluation.bootstrap_seed, config.evaluation.bootstrap)
     rows = []
     for name, r in results.items():
         i, j = best_cell(r["test_error"])
@@ -332,27 +369,26 @@ def main(argv=None) -> dict:
                             "std of log10 best decay"], rows)
     text = "\n".join([
         "# Decoupled weight decay on digits", "",
-        f"{len(train_set['label'])} training images. "
-        f"MLP 64-{'-'.join(map(str, HIDDEN))}-10, Adam (batch {args.batch_size}, cosine schedule "
-        f"to 0 over {total_steps} steps), {epochs} epochs, {len(seeds)} seeds; "
+        f"Variant `{config.variant}`: {len(train_set['label'])} training images. "
+        f"MLP 64-{'-'.join(map(str, hidden))}-10, Adam (batch {t.batch_size}, cosine schedule "
+        f"to 0 over {total_steps} steps), {t.epochs} epochs, {len(seeds)} seeds; "
         f"{len(learning_rates)} learning rates x {len(decays)} decays per method, the three "
         f"methods in one vmapped program (learning rate and decays traced); "
         f"{time.time() - start:.0f} s. "
-        "Last-epoch test error (360 images), mean ± std over seeds. The decoupled decays are "
-        "the AdamW decays times the middle learning rate. The per-seed best column takes each "
-        "seed's own best cell (an optimistic bound).", "", table, "",
+        f"Last-epoch test error ({len(test_set['label'])} images), mean ± std over seeds. The "
+        "decoupled decays are the AdamW decays times the middle learning rate. The per-seed "
+        "best column takes each seed's own best cell (an optimistic bound). The whole "
+        "protocol is `config.json` beside this file.", "", table, "",
         "## The paper's claims", "", *[c.line() for c in verdicts], "",
         "## Observations (post hoc, not pre-registered)", "", *observations(results), "",
         "Where the best decay is the grid's smallest for most learning rates, weight decay "
         "does not improve this model at this scale, the argmin is noise, and the slope tests "
         "above cannot detect the paper's effect. The tolerated decay shows how each "
         "parameterization couples the decay to the learning rate: flat (slope 0) where the "
-        "decay's per-step effect is independent of the learning rate.",
-        *(["", "(--quick run: too short to test the claims.)"] if args.quick else [])])
-    payload = {"seeds": seeds, "epochs": epochs, "batch_size": args.batch_size,
-               "hidden": list(HIDDEN), "total_steps": total_steps, "methods": results,
+        "decay's per-step effect is independent of the learning rate."])
+    payload = {"config": config.to_dict(), "total_steps": total_steps, "methods": results,
                "train_size": len(train_set["label"]),
                "claims": [c.__dict__ for c in verdicts]}
-    write_results(args.out, text, payload)
-    _plot(results, os.path.join(args.out, "weight_decay.png"))
+    write_results(out_dir, text, payload)
+    _plot(results, os.path.join(out_dir, "weight_decay.png"))
     return payload

@@ -28,17 +28,89 @@ With ``--config ablations`` it runs the ablation grid instead (see ``run_ablatio
 
 from __future__ import annotations
 
-import argparse
 import math
 import os
 import time
 
+import ml_collections
 import numpy as np
 from tqdm.auto import tqdm
 
-from jaxreg.experiments import config as config_lib
-from jaxreg.experiments.configs.pretrain import get_config
-from jaxreg.experiments.report import Claim, markdown_table, write_results
+from jaxreg.protocol import config as config_lib
+from jaxreg.protocol.report import Claim, markdown_table, write_results
+
+
+def get_config(variant: str = "cpu") -> ml_collections.ConfigDict:
+    """The protocol of ``jaxreg run pretrain``.
+
+    Variants:
+        cpu: the default; a 0.85M-parameter byte-level transformer on Shakespeare, about 10 minutes
+            on 2 CPU cores.
+        ablations: z-loss strength x weight-decay coupling x learning rate x seeds, one vmapped
+            grid of a smaller model (Wortsman et al. 2024's learning-rate sensitivity).
+        gpu: one accelerator, bfloat16 compute, a 19M-parameter model.
+        pod: a TPU v5p-64 pod slice (32 chips, 4 hosts): GPT-2 small (124M) on a 4 x 8 data x
+            fsdp mesh with global batch 512 x 1024. It cannot run here; it documents the shape
+            of a large run: ``jaxreg run pretrain --config pod`` on every host, with
+            ``JAX_COORDINATOR_ADDRESS``, ``JAX_NUM_PROCESSES`` and ``JAX_PROCESS_ID`` set (or on
+            Cloud TPU, where JAX finds them itself).
+    """
+    config = ml_collections.ConfigDict()
+    config.variant = variant
+    config.data = dict(corpus="auto", sequence_length=128)
+    config.model = dict(d_model=128, num_layers=4, num_heads=4, mlp_dim=512,
+                        positions="rotary", dtype="float32", norm="layernorm",
+                        tie_embeddings=False)
+    # Adam with a linear warmup and a cosine decay to end_fraction of the peak; global-norm
+    # clipping; weight decay either decoupled and independent of the learning rate
+    # (jaxreg.optim.decoupled_weight_decay: -eta_t * lambda * theta, Loshchilov & Hutter)
+    # or coupled as optax.adamw/PyTorch (-lr * eta_t * lambda * theta).
+    config.optimizer = dict(learning_rate=3e-3, warmup_steps=100, end_fraction=0.1, b1=0.9,
+                            b2=0.95, eps=1e-8, clip_norm=1.0, decoupled_decay=3e-4,
+                            coupled_decay=0.0)
+    config.loss = dict(z_loss=1e-4)  # PaLM's logit z-loss strength
+    config.train = dict(batch_size=32, steps=1500, log_every=100, eval_windows=512, seed=0,
+                        checkpoint_every=500, async_checkpoints=True)
+    # mesh axis sizes (-1: the devices the others leave) and the logical-axis rules:
+    # data_parallel, fsdp or fsdp_tensor; fake_devices > 0 splits the CPU into that many
+    # XLA devices (set before JAX starts).
+    config.mesh = dict(data=-1, fsdp=1, tensor=1, rules="fsdp", fake_devices=0)
+    # peak FLOP/s of one device for MFU; 0: a known accelerator's bfloat16 dense peak, or on
+    # CPU the float32 matmul throughput measured before training.
+    config.peak_flops = 0.0
+    config.ablations = dict(learning_rates=(), z_losses=(), seeds=(), evaluate_every=0)
+
+    if variant == "cpu":
+        pass
+    elif variant == "ablations":
+        config.data.sequence_length = 64
+        config.model.update(d_model=64, num_layers=2, num_heads=4, mlp_dim=256)
+        config.optimizer.update(warmup_steps=50, coupled_decay=0.1, decoupled_decay=1e-3)
+        config.train.update(batch_size=16, steps=600, eval_windows=256, checkpoint_every=0)
+        # the decays match at the middle learning rate: coupled 0.1 x 1e-2 = decoupled 1e-3
+        config.ablations = dict(learning_rates=(1e-3, 3e-3, 1e-2, 3e-2, 1e-1),
+                                z_losses=(0.0, 1e-4), seeds=(0, 1), evaluate_every=100)
+    elif variant == "gpu":
+        config.data.sequence_length = 256
+        config.model.update(d_model=512, num_layers=6, num_heads=8, mlp_dim=2048,
+                            dtype="bfloat16")
+        config.optimizer.update(learning_rate=1e-3, warmup_steps=200, decoupled_decay=1e-4)
+        config.train.update(batch_size=64, steps=1000, log_every=100, eval_windows=1024,
+                            checkpoint_every=0)
+    elif variant == "pod":
+        config.data.sequence_length = 1024
+        config.model.update(d_model=768, num_layers=12, num_heads=12, mlp_dim=3072,
+                            dtype="bfloat16")
+        config.optimizer.update(learning_rate=6e-4, warmup_steps=2000, decoupled_decay=1e-4)
+        config.train.update(batch_size=512, steps=100_000, log_every=500, eval_windows=4096,
+                            checkpoint_every=5000)
+        config.mesh.update(data=4, fsdp=8, tensor=1, rules="fsdp")
+        config.peak_flops = 459e12  # TPU v5p, bfloat16 dense, per chip
+    else:
+        raise ValueError(f"unknown pretrain variant {variant!r}; variants: cpu, ablations, "
+                         "gpu, pod")
+    return config
+
 
 # bfloat16 dense peak FLOP/s of one device, by jax's device_kind.
 KNOWN_PEAKS = {"NVIDIA H100 80GB HBM3": 989e12, "NVIDIA H100": 989e12, "NVIDIA H200": 989e12,
@@ -46,24 +118,9 @@ KNOWN_PEAKS = {"NVIDIA H100 80GB HBM3": 989e12, "NVIDIA H100": 989e12, "NVIDIA H
                "TPU v4": 275e12, "TPU v5 lite": 197e12, "TPU v5e": 197e12, "TPU v5p": 459e12}
 
 
-def parse_args(argv):
-    parser = argparse.ArgumentParser(
-        prog="jaxreg run pretrain", description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", help="VARIANT (cpu, ablations, gpu, pod), FILE.py[:VARIANT] "
-                                         "or a saved config.json (default: cpu)")
-    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
-                        help="override one config field, e.g. optimizer.learning_rate=1e-3")
-    parser.add_argument("--quick", action="store_true",
-                        help="a tiny model for a few steps: checks the pipeline, not the claim")
-    parser.add_argument("--out", default=None, help="default: runs/pretrain[-VARIANT]")
-    parser.add_argument("--no-progress", action="store_true")
-    return parser.parse_args(argv)
-
-
 def quick(config):
     """The pipeline at toy size (for ``--quick`` and the tests)."""
-    config = config_lib.override(config, [])
+    config = config_lib.replace(config, {})
     config.data.sequence_length = 32
     config.model.update(d_model=32, num_layers=1, num_heads=2, mlp_dim=64)
     config.train.update(batch_size=8, steps=12, log_every=4, eval_windows=16,
@@ -258,7 +315,6 @@ def run_pretraining(config, out_dir: str, progress: bool) -> dict:
                    f"), log Z {row['eval/log_z']:.2f}; {rate:,.0f} tokens/s, MFU "
                    f"{100 * row_mfu:.1f} %")
 
-    config_lib.save(config, out_dir)
     state, history = train.fit(
         step, state, train_set, epochs=math.ceil(t.steps / per_epoch), max_steps=t.steps,
         batch_size=t.batch_size, seed=t.seed, evaluate=lambda s: evaluate_params(s.params),
@@ -357,17 +413,61 @@ def plot_curves(history: list[dict], unigram: float, path: str) -> None:
     plt.close(fig)
 
 
-def main(argv=None) -> dict:
-    args = parse_args(argv)
-    config = config_lib.load(args.config, get_config, "cpu")
-    config = config_lib.override(config, args.set)
-    if args.quick:
-        config = quick(config)
-    use_fake_devices(config.mesh.fake_devices)
-    name = "pretrain" if config.variant == "cpu" else f"pretrain-{config.variant}"
-    out_dir = args.out or os.path.join("runs", name)
-    if config.ablations.learning_rates:
-        from jaxreg.experiments.pretrain_ablations import run_ablations
-        return run_ablations(config, out_dir, not args.no_progress)
-    return run_pretraining(config, out_dir, not args.no_progress)
+# Validation windows of the fixed evaluation batch of ``jaxreg diagnose``: evenly spaced, so
+# the same for every run of a config; few, so that the Hessian-vector products stay cheap.
+DIAGNOSE_WINDOWS = 8
 
+
+def diagnosable(config):
+    """The hook of ``jaxreg diagnose runs/pretrain``: the ``TrainState`` the run checkpoints
+    (built as ``run_pretraining`` builds it, abstractly, on one device), and its objective,
+    next-byte cross-entropy plus the z-loss, with its next-byte predictions, on
+    ``DIAGNOSE_WINDOWS`` validation windows evenly spaced over the split."""
+    import jax
+    import jax.numpy as jnp
+
+    from jaxreg import train
+    from jaxreg.data import text
+    from jaxreg.protocol.diagnose import Diagnosable
+
+    if config.ablations.learning_rates:
+        raise ValueError("the ablation grid (--config ablations) writes no checkpoint to "
+                         "diagnose")
+    t = config.train
+    model = model_of(config)
+    key = jax.random.PRNGKey(t.seed)
+    optimizer = make_optimizer(config, t.steps)
+    like_state = jax.eval_shape(
+        lambda k: train.init_state(model.init(k), optimizer, key=jax.random.fold_in(k, 1),
+                                   hparams={"z_loss": config.loss.z_loss}), key)
+    validation = text.load_text("validation", corpus=config.data.corpus,
+                                sequence_length=config.data.sequence_length)
+    windows = jnp.asarray(spread_windows(validation, DIAGNOSE_WINDOWS))
+    objective = make_objective(model)
+    hparams = {"z_loss": jnp.float32(config.loss.z_loss)}
+
+    def loss_fn(params):
+        terms = objective(params, {"tokens": windows}, hparams, None)
+        return terms["cross_entropy"] + terms["z_loss"]
+
+    def logits_fn(params):
+        logits = model.apply(params, windows[:, :-1])
+        return logits.reshape(-1, logits.shape[-1])
+
+    count, length = windows.shape
+    corpus = text.resolve_corpus(config.data.corpus)
+    return Diagnosable(
+        like_state=like_state, loss_fn=loss_fn, logits_fn=logits_fn,
+        labels=windows[:, 1:].reshape(-1),
+        batch=f"{count} validation windows of {length} bytes evenly spaced over the {corpus} "
+              f"validation split ({count * (length - 1):,} next-byte predictions); loss: "
+              "cross-entropy + z-loss")
+
+
+def run(config, out_dir: str, progress: bool) -> dict:
+    """The pretraining run, or with ``ablations.learning_rates`` set the ablation grid."""
+    use_fake_devices(config.mesh.fake_devices)
+    if config.ablations.learning_rates:
+        from experiments._pretrain_ablations import run_ablations
+        return run_ablations(config, out_dir, progress)
+    return run_pretraining(config, out_dir, progress)

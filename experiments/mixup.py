@@ -4,7 +4,7 @@ An MLP (64-128-128-10, ReLU) is trained on scikit-learn's digits (1437 training 
 test images) with Adam (learning rate 1e-3, batch 64) on the cross-entropy against the
 mixed targets of ``jaxreg.regularizers.smoothness.mixup`` (one ``lam ~ Beta(alpha, alpha)``
 per batch and a random permutation, as the official code; ``alpha = 0`` is ERM) for each
-alpha in ``--alphas``, with the clean labels and with 40 % symmetric label noise on the
+alpha in ``mixup.alphas``, with the clean labels and with 40 % symmetric label noise on the
 training split (``jaxreg.data.symmetric_noise``, drawn anew per seed), as one vmapped
 ``jaxreg.train.grid`` over alpha x (label settings x seeds) (alpha is a traced
 hyperparameter; the members of a seed share their initialisation and batch order). After
@@ -30,6 +30,15 @@ SE over seeds):
    mixup reduces the last-epoch test error relative to ERM. Rule (40 % symmetric noise here):
    accuracy difference > 2 SE. The paper used alpha = 8 and 32 there, so alpha = 1 is a
    weaker form of its setting.
+
+The protocol is one config (``get_config``; any field can be set with ``--set``, e.g.
+``--set mixup.alphas=0,8,32`` for the paper's label-noise alphas, or ``--set
+noise.enabled=false`` for the clean labels alone). Variant:
+
+- ``default``: the protocol above: MLP 128-128, Adam 1e-3, batch 64, 80 epochs, seeds 0-4,
+  alphas (0, 0.1, 0.2, 0.4, 1), clean labels and 40 % symmetric noise, ECE with 15 bins.
+
+``--quick``: two seeds, two epochs.
 """
 
 from __future__ import annotations
@@ -39,29 +48,43 @@ import time
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import optax
 
 from jaxreg import data as data_lib
 from jaxreg import models, train
 from jaxreg.diagnostics import expected_calibration_error
-from jaxreg.experiments.report import (
-    Claim,
-    experiment_parser,
-    markdown_table,
-    mean_std,
-    run_size,
-    write_results,
-)
+from jaxreg.protocol import config as config_lib
+from jaxreg.protocol.report import Claim, markdown_table, mean_std, write_results
 from jaxreg.regularizers import smoothness
 
-HIDDEN = (128, 128)
-LEARNING_RATE = 1e-3
 NUM_CLASSES = 10
-NUM_BINS = 15
-NOISE_RATE = 0.4
-ALPHAS = (0.0, 0.1, 0.2, 0.4, 1.0)
 METRICS = ("test_accuracy", "test_nll", "test_ece", "test_overconfidence")
+VARIANTS = ("default",)
+
+
+def get_config(variant: str = "default") -> ml_collections.ConfigDict:
+    """The whole protocol of ``jaxreg run mixup`` (variants: see the module doc)."""
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown mixup variant {variant!r}; variants: " + ", ".join(VARIANTS))
+    config = ml_collections.ConfigDict()
+    config.variant = variant
+    config.model = dict(hidden=(128, 128))  # ReLU MLP on the digits' 1437 / 360 split
+    config.optimizer = dict(learning_rate=1e-3)  # Adam
+    config.train = dict(epochs=80, batch_size=64, seeds=(0, 1, 2, 3, 4))
+    # 0 (ERM) first; the claims are tested at the last
+    config.mixup = dict(alphas=(0.0, 0.1, 0.2, 0.4, 1.0))
+    # a second label setting: symmetric noise at this rate on the training labels, drawn
+    # per seed (enabled false: the clean labels alone)
+    config.noise = dict(enabled=True, rate=0.4)
+    config.evaluation = dict(num_bins=15)  # ECE's equal-width confidence bins
+    return config
+
+
+def quick(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """Two seeds, two epochs: checks the pipeline, not the claims."""
+    return config_lib.replace(config, {"train.epochs": 2, "train.seeds": (0, 1)})
 
 
 def _paired(values, baseline):
@@ -70,9 +93,10 @@ def _paired(values, baseline):
     return float(diff.mean()), float(se)
 
 
-def claims(alphas, clean: dict, noisy: dict | None) -> list[Claim]:
+def claims(alphas, clean: dict, noisy: dict | None, *, noise_rate: float) -> list[Claim]:
     """The rules of the module docstring; ``clean`` / ``noisy`` map each metric to an array
-    [alphas, seeds], alpha 0 (ERM) first; the tests are at the last alpha."""
+    [alphas, seeds], alpha 0 (ERM) first; the tests are at the last alpha; ``noise_rate``
+    names the noisy setting."""
     a = f"alpha {alphas[-1]:g}"
     acc, acc_se = _paired(clean["test_accuracy"][-1], clean["test_accuracy"][0])
     ece, ece_se = _paired(clean["test_ece"][-1], clean["test_ece"][0])
@@ -89,20 +113,21 @@ def claims(alphas, clean: dict, noisy: dict | None) -> list[Claim]:
     if noisy is not None:
         acc, acc_se = _paired(noisy["test_accuracy"][-1], noisy["test_accuracy"][0])
         verdicts.append(Claim(
-            f"mixup ({a}) is more robust than ERM to {100 * NOISE_RATE:.0f} % symmetric label "
+            f"mixup ({a}) is more robust than ERM to {100 * noise_rate:.0f} % symmetric label "
             "noise (Zhang et al. 2018, Table 2)", "paired last-epoch accuracy difference > 2 SE",
             bool(acc > 2 * acc_se), f"mixup - ERM = {100 * acc:+.2f} ± {100 * acc_se:.2f} points"))
     return verdicts
 
 
-def run_settings(labels: dict, *, model, train_set, test_set, alphas, seeds, epochs,
-                 batch_size, progress) -> dict:
+def run_settings(config, labels: dict, *, model, train_set, test_set, progress) -> dict:
     """Every label setting (name -> training labels [seeds, N]) as one vmapped grid of
     alphas x (settings x seeds), the members of a seed sharing their initialisation and batch
     order across settings; per setting, the last-epoch metrics [alphas, seeds] and the
     test-accuracy curves [alphas, seeds, epochs]."""
+    alphas, seeds = list(config.mixup.alphas), list(config.train.seeds)
+    learning_rate, num_bins = config.optimizer.learning_rate, config.evaluation.num_bins
     test_x, test_y = jnp.asarray(test_set["image"]), jnp.asarray(test_set["label"])
-    optimizer = optax.inject_hyperparams(optax.adam)(learning_rate=LEARNING_RATE)
+    optimizer = optax.inject_hyperparams(optax.adam)(learning_rate=learning_rate)
 
     def objective(params, batch, hparams, key):
         inputs, targets = smoothness.mixup(batch["image"], batch["label"], key,
@@ -115,15 +140,15 @@ def run_settings(labels: dict, *, model, train_set, test_set, alphas, seeds, epo
         nll = optax.losses.softmax_cross_entropy_with_integer_labels(logits, test_y)
         return {"test_accuracy": jnp.mean(jnp.argmax(logits, -1) == test_y),
                 "test_nll": nll.mean(),
-                "test_ece": expected_calibration_error(logits, test_y, NUM_BINS),
+                "test_ece": expected_calibration_error(logits, test_y, num_bins),
                 "test_overconfidence": jnp.mean(jnp.max(jax.nn.softmax(logits), -1))
                 - jnp.mean(jnp.argmax(logits, -1) == test_y)}
 
     t0 = time.time()
     result = train.grid(objective, optimizer, model.init, {"image": train_set["image"]},
-                        hparams={"alpha": alphas, "learning_rate": [LEARNING_RATE] * len(alphas)},
-                        seeds=list(seeds) * len(labels), epochs=epochs, batch_size=batch_size,
-                        evaluate=evaluate,
+                        hparams={"alpha": alphas, "learning_rate": [learning_rate] * len(alphas)},
+                        seeds=seeds * len(labels), epochs=config.train.epochs,
+                        batch_size=config.train.batch_size, evaluate=evaluate,
                         seed_data={"label": np.concatenate(list(labels.values()))},
                         progress=progress, desc="mixup")
     settings = {}
@@ -159,34 +184,29 @@ def _plot(alphas, settings, path):
     plt.close(fig)
 
 
-def main(argv=None) -> dict:
-    parser = experiment_parser("mixup", __doc__, seeds=5, epochs=80, batch_size=64,
-                               quick_epochs=2)
-    parser.add_argument("--alphas", type=float, nargs="+", default=list(ALPHAS),
-                        help="mixup alphas, 0 (ERM) first; the claims are tested at the last "
-                             f"(default {list(ALPHAS)})")
-    parser.add_argument("--no-noise", action="store_true",
-                        help=f"skip the {100 * NOISE_RATE:.0f} %% label-noise setting")
-    args = parser.parse_args(argv)
-    if args.alphas[0] != 0.0:
-        parser.error("--alphas must start with 0 (ERM)")
-    seeds, epochs = run_size(args)
-    start, alphas = time.time(), list(args.alphas)
+def run(config, out_dir: str, progress: bool) -> dict:
+    alphas = list(config.mixup.alphas)
+    if not alphas or alphas[0] != 0.0:
+        raise ValueError(f"mixup.alphas must start with 0 (ERM), got {alphas}")
+    seeds, epochs = list(config.train.seeds), config.train.epochs
+    noise_rate, num_bins = config.noise.rate, config.evaluation.num_bins
+    start = time.time()
     train_set, test_set = data_lib.load_digits("train"), data_lib.load_digits("test")
-    model = models.mlp(train_set["image"].shape[1:], NUM_CLASSES, hidden=HIDDEN)
+    model = models.mlp(train_set["image"].shape[1:], NUM_CLASSES,
+                       hidden=tuple(config.model.hidden))
     clean = np.stack([train_set["label"]] * len(seeds))
     labels = {"clean labels": clean}
-    if not args.no_noise:
-        labels[f"{100 * NOISE_RATE:.0f} % symmetric noise"] = np.stack([
-            data_lib.symmetric_noise(train_set["label"], NOISE_RATE, NUM_CLASSES, seed=s)
+    if config.noise.enabled:
+        labels[f"{100 * noise_rate:.0f} % symmetric noise"] = np.stack([
+            data_lib.symmetric_noise(train_set["label"], noise_rate, NUM_CLASSES, seed=s)
             for s in seeds])
-    run = run_settings(labels, model=model, train_set=train_set, test_set=test_set,
-                       alphas=alphas, seeds=seeds, epochs=epochs, batch_size=args.batch_size,
-                       progress=not args.no_progress)
-    settings = run["settings"]
+    result = run_settings(config, labels, model=model, train_set=train_set, test_set=test_set,
+                          progress=progress)
+    settings = result["settings"]
     names = list(settings)
     as_arrays = [{m: np.asarray(settings[n][m]) for m in METRICS} for n in names]
-    verdicts = claims(alphas, as_arrays[0], as_arrays[1] if len(names) > 1 else None)
+    verdicts = claims(alphas, as_arrays[0], as_arrays[1] if len(names) > 1 else None,
+                      noise_rate=noise_rate)
     rows = [[name, f"{a:g}", mean_std(r["test_accuracy"][k]),
              mean_std(r["test_nll"][k], 1.0, 3), mean_std(r["test_ece"][k]),
              mean_std(r["test_overconfidence"][k])]
@@ -195,24 +215,22 @@ def main(argv=None) -> dict:
                             "test ECE %", "confidence - accuracy %"], rows)
     text = "\n".join([
         "# mixup on digits: accuracy, NLL, calibration, label noise", "",
-        f"MLP 64-{'-'.join(map(str, HIDDEN))}-10, Adam (learning rate {LEARNING_RATE}, batch "
-        f"{args.batch_size}), {epochs} epochs, {len(seeds)} seeds, one vmapped grid of alpha "
-        f"x (label settings x seeds), {time.time() - start:.0f} s. One lam ~ Beta(alpha, "
+        f"Variant `{config.variant}`: MLP 64-{'-'.join(map(str, config.model.hidden))}-10, "
+        f"Adam (learning rate {config.optimizer.learning_rate}, batch "
+        f"{config.train.batch_size}), {epochs} epochs, {len(seeds)} seeds, one vmapped grid of "
+        f"alpha x (label settings x seeds), {time.time() - start:.0f} s. One lam ~ Beta(alpha, "
         "alpha) per batch (the official code). Last-epoch metrics on the clean test split; "
-        f"ECE with {NUM_BINS} equal-width bins; confidence - accuracy is the mean top-class "
+        f"ECE with {num_bins} equal-width bins; confidence - accuracy is the mean top-class "
         "probability minus the accuracy (> 0: overconfident, < 0: underconfident; reported, "
-        "not tested); mean ± std over seeds.", "", table, "",
+        "not tested); mean ± std over seeds. The whole protocol is `config.json` beside this "
+        "file.", "", table, "",
         "## The papers' claims", "", "Pre-registered tests (at the largest alpha, paired over "
         "seeds):", "", *[c.line() for c in verdicts], "",
         "Direction of the miscalibration (clean labels, mean confidence - accuracy): "
         + ", ".join(f"alpha {a:g}: {100 * np.mean(gap):+.1f}" for a, gap in
-                    zip(alphas, settings[names[0]]["test_overconfidence"])) + " points.",
-        *(["", "(--quick run: too short to test the claims.)"] if args.quick else [])])
-    payload = {"seeds": seeds, "epochs": epochs, "batch_size": args.batch_size,
-               "hidden": list(HIDDEN), "learning_rate": LEARNING_RATE, "alphas": alphas,
-               "num_bins": NUM_BINS, "noise_rate": NOISE_RATE, "seconds": run["seconds"],
-               "settings": settings,
+                    zip(alphas, settings[names[0]]["test_overconfidence"])) + " points."])
+    payload = {"config": config.to_dict(), "seconds": result["seconds"], "settings": settings,
                "claims": [c.__dict__ for c in verdicts]}
-    write_results(args.out, text, payload)
-    _plot(alphas, settings, os.path.join(args.out, "mixup.png"))
+    write_results(out_dir, text, payload)
+    _plot(alphas, settings, os.path.join(out_dir, "mixup.png"))
     return payload

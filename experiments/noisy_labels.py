@@ -8,103 +8,156 @@ al. 2019, 1908.06112; Liu et al. 2020, 2007.00151):
 2. The robust losses (GCE, SCE, NCE+RCE, NCE+MAE) and ELR do not.
 3. MAE alone underfits.
 
-Setup: digits (1437 train / 360 test), symmetric noise at 0-80 % (Active-Passive Losses'
-convention: each noisy example moves to a different class) and asymmetric noise at 40 % (the
-APL MNIST map 7->1, 2->7, 5<->6, 3->8), drawn anew for each seed; an MLP (64-256-256-10). One
-training recipe for every loss, taken from the APL configs (``--recipe``):
+Setup: digits, symmetric noise at 0-80 % (Active-Passive Losses' convention: each noisy
+example moves to a different class) and asymmetric noise at 40 % (the APL MNIST map 7->1,
+2->7, 5<->6, 3->8), drawn anew for each seed; an MLP; one training recipe for every loss.
+The eight losses x the seeds of one noise setting train as one vmapped program: the loss is
+chosen by an integer hyperparameter through ``lax.switch``.
 
-- ``cifar10`` (default): SGD momentum 0.9, learning rate 0.01 cosine to 0, weight decay 1e-4,
-  gradient norm clipped at 5; SCE alpha=0.1, beta=1; NCE+RCE and NCE+MAE alpha=1, beta=1.
-  The memorization claims are made on CIFAR-10, with this recipe.
-- ``mnist``: the same with Nesterov momentum, cosine to 0.001 and weight decay 1e-2; SCE
-  alpha=0.01, beta=1; NCE+RCE and NCE+MAE alpha=1, beta=10. This weight decay alone keeps
-  cross-entropy from fitting the noisy labels here (2.6 % fitted after 400 epochs at 40 %
-  noise), so the memorization claims cannot be tested with it.
+The protocol is one config (``get_config``; any field can be set with ``--set``). Variants:
 
-Both: GCE q=0.7, ELR beta=0.7, lambda=3 (its CIFAR-10 setting), PS-KD alpha_T=0.8. The eight
-losses x the seeds of one noise setting train as one vmapped program: the loss is chosen by
-an integer hyperparameter through ``lax.switch``.
+- ``cifar10`` (default): the APL CIFAR-10 recipe (configs/cifar10/sym/*.yaml) on digits
+  (1437 train / 360 test, MLP 64-256-256-10, 200 epochs, batch 64): SGD momentum 0.9,
+  learning rate 0.01 cosine to 0, weight decay 1e-4, gradient norm clipped at 5; SCE
+  alpha=0.1, beta=1; NCE+RCE and NCE+MAE alpha=1, beta=1. The memorization claims are made
+  on CIFAR-10, with this recipe.
+- ``mnist``: the APL MNIST recipe (configs/mnist/sym/*.yaml): Nesterov momentum, cosine to
+  0.001, weight decay 1e-2; SCE alpha=0.01, beta=1; NCE+RCE and NCE+MAE alpha=1, beta=10.
+  This weight decay alone keeps cross-entropy from fitting the noisy labels here (2.6 %
+  fitted after 400 epochs at 40 % noise), so the memorization claims cannot be tested with
+  it.
+- ``apl-digits``: the APL protocol applied to digits as this project's issue 14 states it:
+  1000 train / 797 test (a stratified split of all 1797 digits), MLP 512-512, SGD at
+  learning rate 0.05 with the gradient norm clipped at 5 (APL's ``grad_bound``), 150 epochs,
+  batch 128; the momentum, Nesterov, cosine schedule, weight decay and loss weights of the
+  APL MNIST config.
+
+All: GCE q=0.7, ELR beta=0.7, lambda=3 (its CIFAR-10 setting), PS-KD alpha_T=0.8.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import time
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import optax
 
 from jaxreg import data as data_lib
 from jaxreg import models, train
-from jaxreg.experiments.report import (
-    Claim,
-    experiment_parser,
-    markdown_table,
-    mean_std,
-    run_size,
-    write_results,
-)
 from jaxreg.losses import noisy_labels as nl
 from jaxreg.losses import self_distillation as sd
+from jaxreg.protocol import config as config_lib
+from jaxreg.protocol.report import (
+    Claim,
+    markdown_table,
+    mean_std,
+    write_results,
+)
 
 NUM_CLASSES = 10
 LOSSES = ("CE", "GCE", "SCE", "NCE+RCE", "NCE+MAE", "MAE", "ELR", "PS-KD")
 ROBUST = ("GCE", "SCE", "NCE+RCE", "NCE+MAE", "ELR")
-SETTINGS = (("symmetric", 0.0), ("symmetric", 0.2), ("symmetric", 0.4), ("symmetric", 0.6),
-            ("symmetric", 0.8), ("asymmetric", 0.4))
-QUICK_SETTINGS = (("symmetric", 0.4), ("asymmetric", 0.4))
+QUICK_SETTINGS = ("symmetric 0.4", "asymmetric 0.4")
 # Verdict thresholds, in accuracy points (fixed before the runs, not tuned to agree).
 MEMORIZATION_DROP = 5.0   # CE's best - last test accuracy at >= 40 % noise
 ROBUST_DROP = 2.0         # a robust loss's best - last stays below this
 UNDERFIT_GAP = 5.0        # MAE's best accuracy on clean data this far below CE's
 
 
-@dataclasses.dataclass(frozen=True)
-class Recipe:
-    """A training recipe and loss weights from the Active-Passive Losses configs."""
-    source: str
-    weight_decay: float
-    final_lr: float
-    nesterov: bool
-    sce: tuple[float, float]  # alpha (CE), beta (RCE)
-    active_passive: tuple[float, float]  # alpha (NCE), beta (RCE or MAE)
+def get_config(variant: str = "cifar10") -> ml_collections.ConfigDict:
+    """The whole protocol of ``jaxreg run noisy-labels`` (variants: see the module doc)."""
+    config = ml_collections.ConfigDict()
+    config.variant = variant
+    # train_size 0: the digits builder's 1437 / 360 split; else a stratified resplit
+    config.data = dict(train_size=0, split_seed=0)
+    # each setting is "KIND RATE": symmetric or asymmetric noise at that rate
+    config.noise = dict(settings=("symmetric 0.0", "symmetric 0.2", "symmetric 0.4",
+                                  "symmetric 0.6", "symmetric 0.8", "asymmetric 0.4"))
+    config.model = dict(hidden=(256, 256))
+    # SGD with momentum, cosine from learning_rate to final_learning_rate, L2 weight decay
+    # added to the gradient, global-norm clipping first (APL: clip_grad_norm_, grad_bound)
+    config.optimizer = dict(learning_rate=0.01, final_learning_rate=0.0, momentum=0.9,
+                            nesterov=False, weight_decay=1e-4, clip_norm=5.0)
+    config.train = dict(epochs=200, batch_size=64, seeds=(0, 1, 2))
+    config.loss = dict(gce_q=0.7, sce_alpha=0.1, sce_beta=1.0, active_passive_alpha=1.0,
+                       active_passive_beta=1.0, elr_beta=0.7, elr_lambda=3.0,
+                       pskd_alpha=0.8)
+    config.source = "APL configs/cifar10/sym/*.yaml"
+    mnist = dict(optimizer=dict(final_learning_rate=0.001, nesterov=True, weight_decay=1e-2),
+                 loss=dict(sce_alpha=0.01, active_passive_beta=10.0))
+    if variant == "cifar10":
+        pass
+    elif variant == "mnist":
+        config.update(mnist)
+        config.source = "APL configs/mnist/sym/*.yaml"
+    elif variant == "apl-digits":
+        config.update(mnist)
+        config.data.train_size = 1000
+        config.model.hidden = (512, 512)
+        config.optimizer.learning_rate = 0.05
+        config.train.update(epochs=150, batch_size=128)
+        config.source = ("APL's MNIST protocol on digits (1000 / 797, MLP 512-512, SGD 0.05 "
+                         "clipped at 5, 150 epochs, batch 128; the rest from "
+                         "configs/mnist/sym/*.yaml)")
+    else:
+        raise ValueError(f"unknown noisy-labels variant {variant!r}; variants: cifar10, "
+                         "mnist, apl-digits")
+    return config
 
-    def optimizer(self, steps: int):
-        schedule = optax.cosine_decay_schedule(0.01, steps, alpha=self.final_lr / 0.01)
-        return optax.chain(optax.clip_by_global_norm(5.0),
-                           optax.add_decayed_weights(self.weight_decay),
-                           optax.sgd(schedule, momentum=0.9, nesterov=self.nesterov))
+
+def quick(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """Two settings, two seeds, three epochs: checks the pipeline, not the claims."""
+    return config_lib.replace(config, {"noise.settings": QUICK_SETTINGS, "train.epochs": 3,
+                                       "train.seeds": (0, 1)})
 
 
-RECIPES = {
-    "cifar10": Recipe("APL configs/cifar10/sym/*.yaml", weight_decay=1e-4, final_lr=0.0,
-                      nesterov=False, sce=(0.1, 1.0), active_passive=(1.0, 1.0)),
-    "mnist": Recipe("APL configs/mnist/sym/*.yaml", weight_decay=1e-2, final_lr=0.001,
-                    nesterov=True, sce=(0.01, 1.0), active_passive=(1.0, 10.0)),
-}
+def optimizer_of(config, steps: int) -> optax.GradientTransformation:
+    o = config.optimizer
+    schedule = optax.cosine_decay_schedule(o.learning_rate, steps,
+                                           alpha=o.final_learning_rate / o.learning_rate)
+    return optax.chain(optax.clip_by_global_norm(o.clip_norm),
+                       optax.add_decayed_weights(o.weight_decay),
+                       optax.sgd(schedule, momentum=o.momentum, nesterov=o.nesterov))
 
 
-def _branches(num_epochs: int, recipe: Recipe):
-    """One ``(logits, labels, rows, epoch) -> (mean loss, rows)`` function per loss."""
+def parse_setting(setting: str) -> tuple[str, float]:
+    """``"symmetric 0.4"`` -> ``("symmetric", 0.4)``."""
+    kind, _, rate = setting.partition(" ")
+    if kind not in ("symmetric", "asymmetric"):
+        raise ValueError(f"noise.settings: {setting!r} must start with symmetric or asymmetric")
+    try:
+        return kind, float(rate)
+    except ValueError:
+        raise ValueError(f"noise.settings: {setting!r} must end with a rate, e.g. "
+                         "'symmetric 0.4'") from None
+
+
+def _branches(num_epochs: int, loss):
+    """One ``(logits, labels, rows, epoch) -> (mean loss, rows)`` function per loss, with the
+    hyperparameters of ``loss`` (the config's ``loss`` group)."""
     def stateless(fn):
         return lambda logits, labels, rows, epoch: (fn(logits, labels).mean(), rows)
 
     def elr(logits, labels, rows, epoch):
-        loss, targets = nl.elr(logits, labels, rows["elr"], beta=0.7, lam=3.0)
-        return loss.mean(), {**rows, "elr": targets}
+        value, targets = nl.elr(logits, labels, rows["elr"], beta=loss.elr_beta,
+                                lam=loss.elr_lambda)
+        return value.mean(), {**rows, "elr": targets}
 
     def pskd(logits, labels, rows, epoch):
-        alpha = sd.pskd_alpha(epoch, alpha_final=0.8, num_epochs=num_epochs)
-        loss, probs = sd.progressive_self_distillation(logits, labels, rows["pskd"], alpha=alpha)
-        return loss.mean(), {**rows, "pskd": probs}
+        alpha = sd.pskd_alpha(epoch, alpha_final=loss.pskd_alpha, num_epochs=num_epochs)
+        value, probs = sd.progressive_self_distillation(logits, labels, rows["pskd"],
+                                                         alpha=alpha)
+        return value.mean(), {**rows, "pskd": probs}
 
-    (sce_a, sce_b), (ap_a, ap_b) = recipe.sce, recipe.active_passive
+    sce_a, sce_b = loss.sce_alpha, loss.sce_beta
+    ap_a, ap_b = loss.active_passive_alpha, loss.active_passive_beta
     return [
         stateless(optax.losses.softmax_cross_entropy_with_integer_labels),
-        stateless(lambda z, y: nl.generalized_cross_entropy(z, y, q=0.7)),
+        stateless(lambda z, y: nl.generalized_cross_entropy(z, y, q=loss.gce_q)),
         stateless(lambda z, y: nl.symmetric_cross_entropy(z, y, alpha=sce_a, beta=sce_b)),
         stateless(lambda z, y: nl.active_passive(z, y, active="nce", passive="rce",
                                                  alpha=ap_a, beta=ap_b)),
@@ -124,12 +177,13 @@ def _noisy_labels(clean, kind, rate, seeds):
                                                seed=s) for s in seeds])
 
 
-def run_setting(kind, rate, *, seeds, epochs, batch_size, model, train_set, test_set,
-                recipe: Recipe, progress=True):
+def run_setting(config, kind, rate, *, model, train_set, test_set, progress=True):
     """Trains every loss x seed for one noise setting as one vmapped program."""
+    seeds, epochs, batch_size = list(config.train.seeds), config.train.epochs, \
+        config.train.batch_size
     clean = train_set["label"]
     noisy = _noisy_labels(clean, kind, rate, seeds)
-    branches = _branches(epochs, recipe)
+    branches = _branches(epochs, config.loss)
 
     def objective(params, batch, hparams, key, rows):
         logits = model.apply(params, batch["image"])
@@ -137,7 +191,7 @@ def run_setting(kind, rate, *, seeds, epochs, batch_size, model, train_set, test
                                         rows, batch["epoch"])
         return {"noisy_label_loss": loss}, new_rows
 
-    optimizer = recipe.optimizer(epochs * data_lib.num_batches(len(clean), batch_size))
+    optimizer = optimizer_of(config, epochs * data_lib.num_batches(len(clean), batch_size))
     test_x, test_y = jnp.asarray(test_set["image"]), jnp.asarray(test_set["label"])
 
     def evaluate(state, member):
@@ -245,23 +299,23 @@ def _plot(results, path, epochs):
     plt.close(fig)
 
 
-def main(argv=None) -> dict:
-    parser = experiment_parser("noisy-labels", __doc__, seeds=3, epochs=200, batch_size=64,
-                               quick_epochs=3, quick="2 settings, ")
-    parser.add_argument("--recipe", choices=sorted(RECIPES), default="cifar10",
-                        help="training recipe and loss weights (see above)")
-    args = parser.parse_args(argv)
-    seeds, epochs = run_size(args)
-    settings = QUICK_SETTINGS if args.quick else SETTINGS
-    train_set, test_set = data_lib.load_digits("train"), data_lib.load_digits("test")
-    model = models.mlp(train_set["image"].shape[1:], NUM_CLASSES, hidden=(256, 256))
+def load_data(config):
+    """The train and test splits the config names."""
+    size = config.data.train_size or None
+    return (data_lib.load_digits("train", train_size=size, seed=config.data.split_seed),
+            data_lib.load_digits("test", train_size=size, seed=config.data.split_seed))
+
+
+def run(config, out_dir: str, progress: bool) -> dict:
+    settings = [parse_setting(s) for s in config.noise.settings]
+    seeds, epochs = list(config.train.seeds), config.train.epochs
+    train_set, test_set = load_data(config)
+    model = models.mlp(train_set["image"].shape[1:], NUM_CLASSES,
+                       hidden=tuple(config.model.hidden))
     results, start = {}, time.time()
     for kind, rate in settings:
-        result, realised = run_setting(kind, rate, seeds=seeds, epochs=epochs,
-                                       batch_size=args.batch_size, model=model,
-                                       train_set=train_set, test_set=test_set,
-                                       recipe=RECIPES[args.recipe],
-                                       progress=not args.no_progress)
+        result, realised = run_setting(config, kind, rate, model=model, train_set=train_set,
+                                       test_set=test_set, progress=progress)
         results[f"{kind} {rate:.0%}"] = {"kind": kind, "rate": rate, "realised_rate": realised,
                                         "losses": _summaries(result)}
     verdicts = claims(results)
@@ -274,19 +328,20 @@ def main(argv=None) -> dict:
             rows.append([f"{key} ({mean_std(r['realised_rate'])})", name, mean_std(s["best"]),
                          mean_std(s["last"]), mean_std(s["noisy_fit_last"])])
     table = markdown_table(header, rows)
+    hidden = "-".join(str(h) for h in config.model.hidden)
     text = "\n".join([
         "# Noisy labels on digits", "",
-        f"Recipe `{args.recipe}` ({RECIPES[args.recipe].source}); "
+        f"Variant `{config.variant}` ({config.source}); {len(train_set['label'])} train / "
+        f"{len(test_set['label'])} test digits, MLP {hidden}, batch {config.train.batch_size}; "
         f"{len(seeds)} seeds x {len(LOSSES)} losses per setting, {epochs} epochs, one vmapped "
         f"program per setting; {time.time() - start:.0f} s. Accuracies in %, mean ± std over "
         "seeds; 'noisy labels fitted' = share of mislabelled training examples predicted as "
-        "their wrong label at the last epoch.", "", table, "", "## The papers' claims", "",
-        *[c.line() for c in verdicts],
-        *(["", "(--quick run: too short to test the claims.)"] if args.quick else [])])
-    payload = {"recipe": args.recipe, "seeds": seeds, "epochs": epochs,
-               "batch_size": args.batch_size,
-               "settings": results, "claims": [c.__dict__ for c in verdicts]}
-    write_results(args.out, text, payload)
-    _plot(results, os.path.join(args.out, "test_accuracy.png"), epochs)
-    print(f"\nwrote {args.out}/results.md, results.json, test_accuracy.png")
+        "their wrong label at the last epoch. The whole protocol is `config.json` beside this "
+        "file.", "", table, "", "## The papers' claims", "",
+        *[c.line() for c in verdicts]])
+    payload = {"config": config.to_dict(), "settings": results,
+               "claims": [c.__dict__ for c in verdicts]}
+    write_results(out_dir, text, payload)
+    _plot(results, os.path.join(out_dir, "test_accuracy.png"), epochs)
+    print(f"\nwrote {out_dir}/results.md, results.json, test_accuracy.png, config.json")
     return payload

@@ -1,1 +1,0 @@
-"""The experiments' protocols, one ``get_config(variant)`` module per experiment."""
