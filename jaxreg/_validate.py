@@ -34,7 +34,8 @@ def float_array(x, name: str, *, min_ndim: int = 0):
     if x.ndim < min_ndim:
         raise ValueError(
             f"`{name}` must have at least {min_ndim} dimension(s), got shape {x.shape}.")
-    return x.astype(jnp.promote_types(x.dtype, jnp.float32))
+    wide = jnp.promote_types(x.dtype, jnp.float32)
+    return x if x.dtype == wide else x.astype(wide)  # no astype: a weak type stays weak
 
 
 def logits_and_labels(logits, labels, *, logits_name="logits", labels_name="labels"):

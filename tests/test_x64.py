@@ -355,17 +355,7 @@ def test_the_suite_itself_runs_in_float32():
 
 # Known failures outside jaxreg/multiobjective and jaxreg/optim, by (entry, kind), each with
 # its cause. The test fails if one disappears (remove it here) or a new one appears.
-_PYTHON_FLOAT_HPARAM = ("_validate.float_array casts a Python-float hyperparameter (strength, "
-                        "alpha) with astype, which turns the weak float64 scalar of x64 into a "
-                        "strong float64 one: float32 inputs are promoted to float64")
 KNOWN = {
-    **{(name, "float32"): _PYTHON_FLOAT_HPARAM for name in (
-        "soft_equivariance", "virtual_adversarial", "input_gradient_penalty",
-        "jacobian_penalty", "r1_penalty", "r2_penalty", "hessian_trace_penalty", "mixup")},
-    **{(name, "float64"): ("regularizers/domain_generalization.py _environment_weights builds "
-                           "the per-environment weights in float32 (1/count rounded to float32 "
-                           "for float64 inputs)")
-       for name in ("irm_penalty", "vrex_penalty", "fishr_penalty", "hessian_alignment")},
     ("virtual_adversarial", "values"): ("VAT's finite difference is float32 rounding "
                                         "(documented in regularizers/smoothness.py)"),
     ("monge_gap", "float32"): ("ott-jax 0.6 Sinkhorn itself fails on float32 point clouds "

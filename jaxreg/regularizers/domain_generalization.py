@@ -82,8 +82,9 @@ def _float_inputs(inputs):
     return jax.tree.map(upcast, inputs)
 
 
-def _environment_weights(labels, environments, num_environments):
-    """Checks ``labels`` and ``environments``; returns ``(weights [E, B], present [E])``.
+def _environment_weights(labels, environments, num_environments, dtype):
+    """Checks ``labels`` and ``environments``; returns ``(weights [E, B], present [E])``, the
+    weights in ``dtype`` (the model's computation dtype: float64 stays float64).
 
     Row ``e`` of ``weights`` is ``1/n_e`` on the examples of environment ``e`` (0 elsewhere), so
     ``weights @ losses`` are the environments' risks; ``present`` marks environments with
@@ -103,10 +104,16 @@ def _environment_weights(labels, environments, num_environments):
     if environments.shape != labels.shape:
         raise ValueError(f"`environments` must have the shape of `labels`, {labels.shape}, got "
                          f"{environments.shape}.")
-    one_hot = (environments[None, :] == jnp.arange(num_environments)[:, None]).astype(
-        jnp.float32)
+    one_hot = (environments[None, :] == jnp.arange(num_environments)[:, None]).astype(dtype)
     counts = jnp.sum(one_hot, axis=1)
     return one_hot / jnp.maximum(counts, 1.0)[:, None], counts > 0
+
+
+def _output_dtype(apply_fn, params, inputs):
+    """The dtype the penalty is computed in: the model's output dtype, at least float32 (from
+    shapes only, no computation)."""
+    out = jax.eval_shape(apply_fn, _float_params(params), _float_inputs(inputs))
+    return jnp.promote_types(out.dtype, jnp.float32)
 
 
 def _mean_over_present(values, present):
@@ -145,7 +152,8 @@ def irm_penalty(apply_fn, params, inputs, labels, environments, *, num_environme
       The scalar penalty.
     """
     check_strength(strength)
-    weights, present = _environment_weights(labels, environments, num_environments)
+    weights, present = _environment_weights(labels, environments, num_environments,
+                                            _output_dtype(apply_fn, params, inputs))
     logits, labels = logits_and_labels(apply_fn(_float_params(params), _float_inputs(inputs)),
                                        labels, logits_name="apply_fn(params, inputs)")
     labels, mask = class_labels(labels, logits.shape[-1])
@@ -190,7 +198,8 @@ def vrex_penalty(apply_fn, params, inputs, labels, environments, *, num_environm
       The scalar penalty.
     """
     check_strength(strength)
-    weights, present = _environment_weights(labels, environments, num_environments)
+    weights, present = _environment_weights(labels, environments, num_environments,
+                                            _output_dtype(apply_fn, params, inputs))
     risks = weights @ _losses_fn(apply_fn, _float_inputs(inputs), labels)(_float_params(params))
     mean = _mean_over_present(risks, present)
     return strength * _mean_over_present(jnp.square(risks - mean), present)
@@ -219,7 +228,8 @@ def fishr_penalty(apply_fn, params, inputs, labels, environments, *, num_environ
       The scalar penalty.
     """
     check_strength(strength)
-    weights, present = _environment_weights(labels, environments, num_environments)
+    weights, present = _environment_weights(labels, environments, num_environments,
+                                            _output_dtype(apply_fn, params, inputs))
     params = _float_params(params)
     inputs = _float_inputs(inputs)
     # The per-example losses see traced labels (vmap): check concrete ones here, against the
@@ -281,7 +291,8 @@ def hessian_alignment(apply_fn, params, inputs, labels, environments, key=None, 
         raise ValueError("`key` is required for estimator='hutchinson' (Rademacher probes).")
     if not isinstance(num_samples, int) or num_samples < 1:
         raise ValueError(f"`num_samples` must be a static positive int, got {num_samples!r}.")
-    weights, present = _environment_weights(labels, environments, num_environments)
+    weights, present = _environment_weights(labels, environments, num_environments,
+                                            _output_dtype(apply_fn, params, inputs))
     params = _float_params(params)
     losses = _losses_fn(apply_fn, _float_inputs(inputs), labels)
     flat, unravel = ravel_pytree(params)

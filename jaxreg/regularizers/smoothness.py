@@ -375,9 +375,9 @@ def mixup(inputs, targets, key, *, alpha=1.0, num_classes: int | None = None,
     alpha = _scalar(alpha, "alpha")
     lam_key, perm_key = jax.random.split(key)
     positive = alpha > 0
-    concentration = jnp.where(positive, alpha, 1.0)
+    concentration = jnp.where(positive, alpha, 1.0).astype(inputs.dtype)
     lam = jax.random.beta(lam_key, concentration, concentration,
-                          (batch,) if per_example else (), alpha.dtype)
+                          (batch,) if per_example else (), inputs.dtype)
     lam = jnp.where(positive, lam, 1.0)
     index = jax.random.permutation(perm_key, batch)
 

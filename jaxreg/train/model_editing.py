@@ -293,7 +293,7 @@ def darex_q_search(key, apply_fn: Callable, finetuned, base, inputs, *, drop_rat
             return _mean_abs_change(reference, apply_fn(edited, inputs))
         return jnp.mean(jax.vmap(one)(keeps))
 
-    grid = low + (high - low) * jnp.linspace(0.0, 1.0, num_grid)
+    grid = low + (high - low) * jnp.linspace(0.0, 1.0, num_grid, dtype=low.dtype)
     values = jax.lax.map(objective, grid)
     best = jnp.argmin(values)
     a = grid[jnp.maximum(best - 1, 0)]
