@@ -74,8 +74,11 @@ def equivariant_projector(rho_in=None, rho_out=None, *, algebra_in=None, algebra
     ``soft_equivariance``.
 
     Args:
-        rho_in, rho_out: discrete generators' representations (the same count k), or None.
-        algebra_in, algebra_out: Lie algebra generators' representations, or None.
+        rho_in: discrete generators' representations on the input (the same count k as
+            ``rho_out``), or None.
+        rho_out: discrete generators' representations on the output, or None.
+        algebra_in: Lie algebra generators' representations on the input, or None.
+        algebra_out: Lie algebra generators' representations on the output, or None.
         tol: singular values below ``tol * max(1, largest)`` count as zero.
 
     Returns:

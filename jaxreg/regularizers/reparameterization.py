@@ -109,7 +109,8 @@ def compand_inverse(w, *, a=1.0, b=1.0) -> jax.Array:
 
     Args:
         w: effective weights; must lie in ``(-a pi / 2, a pi / 2)``.
-        a, b: the compander's shapes (as in :func:`compand`).
+        a: the compander's shape ``a`` (as in :func:`compand`).
+        b: the compander's shape ``b`` (as in :func:`compand`).
 
     Returns:
         ``v`` with ``compand(v, a=a, b=b) == w``; NaN where ``|w| >= |a| pi / 2`` (no raw
@@ -168,10 +169,11 @@ def weight_compander(params, *, mask=None, a=1.0, b=1.0):
         mask: which leaves to reparameterize: None (kernels only, ``ndim >= 2``; never biases
             or normalization scales), a pytree of booleans like ``params``, or a callable
             ``mask(params) -> pytree of booleans``.
-        a, b: the shapes; each a scalar shared by all chosen leaves (fixed, or the learned
+        a: the shape ``a``: a scalar shared by all chosen leaves (fixed, or the learned
             "coarse" version), or a pytree like ``params`` with a scalar (or an array that
             broadcasts to the leaf) per leaf (the learned "fine" version,
             :func:`init_shape_params`). Entries of unchosen leaves are ignored.
+        b: the shape ``b``, given like ``a``.
 
     Returns:
         A pytree like ``params``: companded chosen leaves (computed in float32 or wider, cast
@@ -199,7 +201,8 @@ def init_shape_params(params, *, a=LEARNED_INIT["a"], b=LEARNED_INIT["b"]):
 
     Args:
         params: the parameter pytree.
-        a, b: initial values (the paper's best: a = 0.5, b = 1.0, Section IV-E).
+        a: initial value of ``a`` (the paper's best: a = 0.5, Section IV-E).
+        b: initial value of ``b`` (the paper's best: b = 1.0, Section IV-E).
 
     Returns:
         ``{"a": tree, "b": tree}``: float32 scalars, one per leaf of ``params`` (a layer's

@@ -140,8 +140,9 @@ def grid(objective: Objective, optimizer: optax.GradientTransformation,
             ``product`` for a Cartesian grid.
         seeds: S integer seeds; each fixes the initial parameters, the batch order and the
             step keys of its members.
-        epochs, batch_size: the schedule, positive integers with ``batch_size <= N`` (the
-            last partial batch of an epoch is dropped).
+        epochs: the number of epochs, a positive integer.
+        batch_size: a positive integer, at most N (the last partial batch of an epoch is
+            dropped).
         evaluate: ``evaluate(state, data) -> {name: scalar}``, jittable, run after each epoch
             on each member (``data`` is that member's training data, seed data included).
         seed_data: name -> array [S, N, ...], per-seed training arrays (noisy labels drawn

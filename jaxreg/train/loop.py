@@ -150,8 +150,9 @@ def fit(step: Callable[[TrainState, dict], tuple[TrainState, dict]], state: Trai
         state: the initial state (ignored in favour of the checkpoint when resuming).
         train_data: a dict of equal-length arrays or a tfds data source; each batch is a dict
             with its ``"index"`` and ``"epoch"``.
-        epochs, batch_size, seed: the schedule: positive integers (``batch_size`` at most
-            the number of examples) and a non-negative seed, which fixes the batch order.
+        epochs: the number of epochs, a positive integer.
+        batch_size: a positive integer, at most the number of examples.
+        seed: a non-negative integer, which fixes the batch order.
         evaluate: ``evaluate(state) -> {name: scalar}``, run every ``eval_every`` rows.
         out_dir: where ``history.json``/``history.csv`` and ``checkpoints/`` are written.
         checkpoint_every: save every this many steps (and at the end); resume from the latest

@@ -61,8 +61,11 @@ def make_mesh(*, grid: int = 1, data: int = -1, fsdp: int = 1, tensor: int = 1,
     """A mesh with the axes ``("grid", "data", "fsdp", "tensor")`` over ``devices``.
 
     Args:
-        grid, data, fsdp, tensor: axis sizes; one of them may be ``-1``, inferred from the
-            device count (by default ``data`` takes every device the others leave).
+        grid: the size of the ``grid`` axis. One of the four sizes may be ``-1``, inferred
+            from the device count (by default ``data`` takes every device the others leave).
+        data: the size of the ``data`` axis.
+        fsdp: the size of the ``fsdp`` axis.
+        tensor: the size of the ``tensor`` axis.
         devices: default ``jax.devices()`` (every process's devices, after
             ``jaxreg.train.distributed.initialize``).
 
