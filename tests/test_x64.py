@@ -360,8 +360,6 @@ KNOWN = {
                                         "(documented in regularizers/smoothness.py)"),
     ("monge_gap", "float32"): ("ott-jax 0.6 Sinkhorn itself fails on float32 point clouds "
                                "under x64 (lax.cond branches float64 vs float32)"),
-    ("darex_q", "float32"): ("train/model_editing.py darex_q_search's q grid is "
-                             "jnp.linspace in the default dtype (float64 under x64)"),
 }
 
 

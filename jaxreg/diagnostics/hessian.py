@@ -22,6 +22,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import optax
 from jax.flatten_util import ravel_pytree
 
 LossFn = Callable[[Any], jax.Array]
@@ -30,10 +31,6 @@ LossFn = Callable[[Any], jax.Array]
 def hvp(loss_fn: LossFn, params, vector):
     """The Hessian of ``loss_fn`` at ``params`` times ``vector`` (a pytree like ``params``)."""
     return jax.jvp(jax.grad(loss_fn), (params,), (vector,))[1]
-
-
-def _vdot(a, b) -> jax.Array:
-    return sum(jnp.vdot(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
 
 
 def _rademacher_like(key, params):
@@ -63,7 +60,7 @@ def hessian_trace(loss_fn: LossFn, params, key: jax.Array, *, num_samples: int =
 
     def one(k):
         v = _rademacher_like(k, params)
-        return _vdot(v, hvp(loss_fn, params, v))
+        return optax.tree.vdot(v, hvp(loss_fn, params, v))
 
     samples = jax.lax.map(one, jax.random.split(key, num_samples))
     estimate = jnp.mean(samples)
@@ -91,7 +88,7 @@ def hessian_top_eigenvalue(loss_fn: LossFn, params, key: jax.Array, *,
         raise ValueError(f"`num_iterations` must be at least 1, got {num_iterations}.")
 
     def normalize(v):
-        norm = jnp.sqrt(_vdot(v, v))
+        norm = jnp.sqrt(optax.tree.vdot(v, v))
         return jax.tree.map(lambda x: x / jnp.where(norm > 0, norm, 1.0), v)
 
     leaves, treedef = jax.tree.flatten(params)
@@ -100,7 +97,7 @@ def hessian_top_eigenvalue(loss_fn: LossFn, params, key: jax.Array, *,
         treedef, [jax.random.normal(k, p.shape, p.dtype) for k, p in zip(keys, leaves)]))
     vector = jax.lax.fori_loop(0, num_iterations,
                                lambda _, v: normalize(hvp(loss_fn, params, v)), start)
-    return _vdot(vector, hvp(loss_fn, params, vector)), vector
+    return optax.tree.vdot(vector, hvp(loss_fn, params, vector)), vector
 
 
 def _lanczos_quadrature(matvec, start, num_iterations: int):

@@ -47,7 +47,6 @@ from jaxreg.multiobjective.base import (
     check_objectives,
     initial_weights,
     logged,
-    tree_vdot,
 )
 from jaxreg.multiobjective.base import num_objectives as count_objectives
 
@@ -140,7 +139,7 @@ def bloop(*, lbda=0.1, ema=0.1, init: str = "zeros", use_ratio_only: bool = Fals
         aux = jax.tree.map(lambda x: jnp.sum(x[1:], axis=0), updates)
         main_ema = _updated_ema(state, main, ema, init)
         wide_ema = _wide(main_ema)
-        ratio = tree_vdot(wide_ema, _wide(aux)) / (tree_vdot(wide_ema, wide_ema) + eps)
+        ratio = optax.tree.vdot(wide_ema, _wide(aux)) / (optax.tree.vdot(wide_ema, wide_ema) + eps)
         if dynamic_barrier:
             ratio = jnp.minimum(ratio, 1.0 / lbda)
         scale = 1.0 / (1.0 + lbda) if rescale else 1.0

@@ -53,11 +53,6 @@ def combine(weights: jax.Array, jacobian):
                                 axes=1).astype(x.dtype), jacobian)
 
 
-def tree_vdot(a, b) -> jax.Array:
-    """``<a, b>`` over all leaves of two pytrees of the same structure."""
-    return sum(jnp.vdot(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
-
-
 class WeightingState(NamedTuple):
     """State of a stateless Gramian weighting: the last weights, for logging."""
     weights: jax.Array

@@ -118,8 +118,11 @@ def _chosen(mask, params, params_name: str):
 
 
 def _f32(x):
+    """``x`` in float32 or wider; a weakly typed scalar (a Python number) stays weak, so it
+    does not widen float32 parameters under ``jax_enable_x64``."""
     x = jnp.asarray(x)
-    return x.astype(jnp.promote_types(x.dtype, jnp.float32))
+    wide = jnp.promote_types(x.dtype, jnp.float32)
+    return x if x.dtype == wide else x.astype(wide)
 
 
 def _num_tasks(task_vectors) -> int:
@@ -293,7 +296,8 @@ def darex_q_search(key, apply_fn: Callable, finetuned, base, inputs, *, drop_rat
             return _mean_abs_change(reference, apply_fn(edited, inputs))
         return jnp.mean(jax.vmap(one)(keeps))
 
-    grid = low + (high - low) * jnp.linspace(0.0, 1.0, num_grid, dtype=low.dtype)
+    dtype = jnp.promote_types(jnp.result_type(*jax.tree.leaves(finetuned)), jnp.float32)
+    grid = low + (high - low) * jnp.linspace(0.0, 1.0, num_grid, dtype=dtype)
     values = jax.lax.map(objective, grid)
     best = jnp.argmin(values)
     a = grid[jnp.maximum(best - 1, 0)]
