@@ -213,13 +213,6 @@ def run_variant(mask, config, *, model, train_set, test_set, progress, desc) -> 
             "worst_condition": condition[..., chosen].max(-1).tolist()}
 
 
-def load_data(config):
-    """The train and test splits the config names."""
-    size = config.data.train_size or None
-    return (data_lib.load_digits("train", train_size=size, seed=config.data.split_seed),
-            data_lib.load_digits("test", train_size=size, seed=config.data.split_seed))
-
-
 def run(config, out_dir: str, progress: bool) -> dict:
     strengths = list(config.regularizer.strengths)
     if not strengths or strengths[0] != 0.0:
@@ -230,7 +223,8 @@ def run(config, out_dir: str, progress: bool) -> dict:
         config.train.batch_size
     hidden = tuple(config.model.hidden)
     start = time.time()
-    train_set, test_set = load_data(config)
+    train_set, test_set = data_lib.load_digits_splits(
+        train_size=config.data.train_size, seed=config.data.split_seed)
     model = models.mlp(train_set["image"].shape[1:], 10, hidden=hidden)
     variants = {name: run_variant(mask, config, model=model, train_set=train_set,
                                   test_set=test_set, progress=progress, desc=name)

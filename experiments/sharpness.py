@@ -255,17 +255,11 @@ def _plot(results, path, epochs):
     plt.close(fig)
 
 
-def load_data(config):
-    """The train and test splits the config names."""
-    size = config.data.train_size or None
-    return (data_lib.load_digits("train", train_size=size, seed=config.data.split_seed),
-            data_lib.load_digits("test", train_size=size, seed=config.data.split_seed))
-
-
 def run(config, out_dir: str, progress: bool) -> dict:
     o, t, h = config.optimizer, config.train, config.hessian
     start, results = time.time(), {}
-    train_set, test_set = load_data(config)
+    train_set, test_set = data_lib.load_digits_splits(
+        train_size=config.data.train_size, seed=config.data.split_seed)
     hidden = tuple(config.model.hidden)
     model = models.mlp(train_set["image"].shape[1:], 10, hidden=hidden)
     for name, (perturbation, rhos) in methods(config).items():

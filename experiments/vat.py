@@ -203,18 +203,12 @@ def _plot(results, path):
     plt.close(fig)
 
 
-def load_data(config):
-    """The train and test splits the config names."""
-    size = config.data.train_size or None
-    return (data_lib.load_digits("train", train_size=size, seed=config.data.split_seed),
-            data_lib.load_digits("test", train_size=size, seed=config.data.split_seed))
-
-
 def run(config, out_dir: str, progress: bool) -> dict:
     t, loss = config.train, config.loss
     seeds = list(t.seeds)
     start, chosen = time.time(), methods(config)
-    train_set, test_set = load_data(config)
+    train_set, test_set = data_lib.load_digits_splits(
+        train_size=config.data.train_size, seed=config.data.split_seed)
     epsilon = loss.epsilon or choose_epsilon(train_set["image"])
     hidden = tuple(config.model.hidden)
     model = models.mlp(train_set["image"].shape[1:], 10, hidden=hidden)

@@ -330,9 +330,8 @@ def _plot(results, path):
 def load_data(config):
     """The train and test splits the config names (the first ``train_per_class`` training
     images of each class when it is set)."""
-    size = config.data.train_size or None
-    train_set = data_lib.load_digits("train", train_size=size, seed=config.data.split_seed)
-    test_set = data_lib.load_digits("test", train_size=size, seed=config.data.split_seed)
+    train_set, test_set = data_lib.load_digits_splits(train_size=config.data.train_size,
+                                                      seed=config.data.split_seed)
     if config.data.train_per_class:
         train_set = first_per_class(train_set, config.data.train_per_class)
     return train_set, test_set

@@ -1,7 +1,13 @@
 """Data for jaxreg: bundled real datasets (digits, text) as tfds builders, label noise, input
 pipeline."""
 
-from jaxreg.data.digits import SklearnDigits, data_source, default_data_dir, load_digits
+from jaxreg.data.digits import (
+    SklearnDigits,
+    data_source,
+    default_data_dir,
+    load_digits,
+    load_digits_splits,
+)
 from jaxreg.data.label_noise import (
     ASYMMETRIC_CONVENTIONS,
     DIGITS_ASYMMETRIC_MAP,
@@ -25,6 +31,7 @@ __all__ = [
     "default_data_dir",
     "epoch_indices",
     "load_digits",
+    "load_digits_splits",
     "load_text",
     "noise_report",
     "num_batches",

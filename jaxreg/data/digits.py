@@ -150,6 +150,15 @@ def load_digits(split: str = "train", *, train_size: int | None = None, seed: in
     return {key: value[order] for key, value in data.items()}
 
 
+def load_digits_splits(*, train_size: int | None = None, seed: int = 0,
+                       data_dir: str | os.PathLike | None = None
+                       ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """``(train, test)``: both splits of :func:`load_digits`, with the same ``train_size``
+    and ``seed`` (``train_size`` None or 0: the builder's 1437 / 360 split)."""
+    kw = dict(train_size=train_size or None, seed=seed, data_dir=data_dir)
+    return load_digits("train", **kw), load_digits("test", **kw)
+
+
 def _resplit(split: str, train_size: int, seed: int, data_dir) -> dict[str, np.ndarray]:
     both = [load_digits(name, data_dir=data_dir) for name in _SPLITS]
     pooled = {key: np.concatenate([part[key] for part in both]) for key in ("image", "label")}

@@ -103,6 +103,18 @@ def _check_batch_size(batch_size, n: int) -> None:
                          f"`train_data`), got {batch_size!r}")
 
 
+def _check_not_donated(state) -> None:
+    """A state whose buffers an earlier ``fit`` (or a jitted step) donated cannot train again:
+    name it, instead of JAX's "Array has been deleted" from inside the first step."""
+    for path, leaf in jax.tree_util.tree_flatten_with_path(state)[0]:
+        if isinstance(leaf, jax.Array) and leaf.is_deleted():
+            raise ValueError(
+                f"`state` holds a deleted array (at state{jax.tree_util.keystr(path)}): the "
+                "jitted step donates the state's buffers, so a state given to an earlier "
+                "`fit` or step cannot be reused; build a new one with `init_state`, or pass "
+                "the state that call returned")
+
+
 _RECORD_KEYS = {"run": dict, "layout": dict, "history": list, "sums": dict}
 
 
@@ -192,6 +204,7 @@ def fit(step: Callable[[TrainState, dict], tuple[TrainState, dict]], state: Trai
         _check_positive_int(name, value, optional=True)
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ValueError(f"`seed` must be a non-negative integer, got {seed!r}")
+    _check_not_donated(state)
     n = _num_examples(train_data)
     _check_batch_size(batch_size, n)
     per_epoch = num_batches(n, batch_size)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import sklearn.datasets
 
-from jaxreg.data import SklearnDigits, data_source, load_digits
+from jaxreg.data import SklearnDigits, data_source, load_digits, load_digits_splits
 
 TOTAL = 1797
 
@@ -117,3 +117,29 @@ def test_builds_and_reads_without_tensorflow(tmp_path):
     """)
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-3000:]
+
+
+def test_resplit_is_stratified_disjoint_and_covers_every_digit():
+    train, test = load_digits_splits(train_size=1000, seed=3)
+    assert len(train["label"]) == 1000 and len(test["label"]) == 797
+    assert np.array_equal(train["index"], np.arange(1000))  # per-example state indexes rows
+    pooled = [load_digits(s) for s in ("train", "test")]
+    every = np.concatenate([p["image"] for p in pooled]).reshape(1797, -1)
+    ours = np.concatenate([train["image"], test["image"]]).reshape(1797, -1)
+    # the two splits are a partition of the 1797 images (as rows, order aside)
+    assert sorted(map(bytes, every)) == sorted(map(bytes, ours))
+    counts = np.bincount(train["label"], minlength=10) / 1000
+    overall = np.bincount(np.concatenate([p["label"] for p in pooled]), minlength=10) / 1797
+    np.testing.assert_allclose(counts, overall, atol=2e-3)  # stratified by class
+    again, _ = load_digits_splits(train_size=1000, seed=3)
+    other, _ = load_digits_splits(train_size=1000, seed=4)
+    assert np.array_equal(again["image"], train["image"])
+    assert not np.array_equal(other["image"], train["image"])
+    default, _ = load_digits_splits()
+    assert len(default["label"]) == 1437
+
+
+@pytest.mark.parametrize("size", [5, 1790, 10.5])
+def test_bad_train_size_is_named(size):
+    with pytest.raises(ValueError, match="`train_size` must be an integer in"):
+        load_digits("train", train_size=size)

@@ -251,3 +251,12 @@ def test_nonfinite_error_names_terms_not_diagnostics():
     with pytest.raises(train.NonFiniteError, match="at step 3: mse is NaN") as info:
         train.fit(step, state, _poisoned()[0], epochs=1, batch_size=5, seed=2, progress=False)
     assert info.value.terms == ["mse"]
+
+
+def test_a_state_donated_to_an_earlier_fit_is_named():
+    data = _data()
+    step = train.make_step(_objective, OPT)
+    state = _state()
+    train.fit(step, state, data, epochs=1, batch_size=5, seed=2, progress=False)
+    with pytest.raises(ValueError, match=r"`state` holds a deleted array .*build a new one"):
+        train.fit(step, state, data, epochs=1, batch_size=5, seed=2, progress=False)
