@@ -16,13 +16,24 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from jaxreg._validate import float_array, logits_and_labels
+from jaxreg._validate import class_labels, float_array, logits_and_labels
 
 
 def _flat(logits, labels):
+    """Softmax probabilities ``[n, K]``, labels ``[n]`` and whether every label is a class.
+
+    The loss's label rule: concrete labels outside ``[0, K)`` raise naming ``labels``; traced
+    ones make the measure NaN, never a finite value.
+    """
     logits, labels = logits_and_labels(logits, labels)
+    _, mask = class_labels(labels, logits.shape[-1])
     logits = logits.reshape(-1, logits.shape[-1])
-    return jax.nn.softmax(logits, axis=-1), labels.reshape(-1)
+    return (jax.nn.softmax(logits, axis=-1), labels.reshape(-1),
+            jnp.all(mask.in_range))
+
+
+def _if_valid(valid, value):
+    return jnp.where(valid, value, jnp.nan)
 
 
 def expected_calibration_error(logits, labels, num_bins: int = 15) -> jax.Array:
@@ -39,12 +50,12 @@ def expected_calibration_error(logits, labels, num_bins: int = 15) -> jax.Array:
     """
     if num_bins < 1:
         raise ValueError(f"`num_bins` must be at least 1, got {num_bins}.")
-    probs, labels = _flat(logits, labels)
+    probs, labels, valid = _flat(logits, labels)
     confidence = jnp.max(probs, axis=-1)
     correct = (jnp.argmax(probs, axis=-1) == labels).astype(probs.dtype)
     bins = jnp.clip(jnp.ceil(confidence * num_bins).astype(jnp.int32) - 1, 0, num_bins - 1)
     gaps = jax.ops.segment_sum(correct - confidence, bins, num_segments=num_bins)
-    return jnp.sum(jnp.abs(gaps)) / labels.shape[0]
+    return _if_valid(valid, jnp.sum(jnp.abs(gaps)) / labels.shape[0])
 
 
 def _area(confidence, errors):
@@ -86,8 +97,8 @@ def aurc(logits, labels, *, confidence=None, excess: bool = False) -> jax.Array:
         if confidence.shape != jnp.shape(labels):
             raise ValueError(f"`confidence` must have the shape of `labels` "
                              f"{jnp.shape(labels)}, got {confidence.shape}.")
-    probs, labels = _flat(logits, labels)
+    probs, labels, valid = _flat(logits, labels)
     errors = (jnp.argmax(probs, axis=-1) != labels).astype(probs.dtype)
     score = jnp.max(probs, axis=-1) if confidence is None else confidence.reshape(-1)
     area = _area(score, errors)
-    return area - _area(-errors, errors) if excess else area
+    return _if_valid(valid, area - _area(-errors, errors) if excess else area)

@@ -132,3 +132,14 @@ def test_aurc_checks_its_confidence():
         calibration.aurc(np.zeros((3, 2)), np.array([0, 1, 0]), confidence=np.zeros(2))
     with pytest.raises(TypeError, match="`confidence`"):
         calibration.aurc(np.zeros((3, 2)), np.array([0, 1, 0]), confidence=np.array([1, 2, 3]))
+
+
+@pytest.mark.parametrize("measure", [calibration.expected_calibration_error, calibration.aurc])
+@pytest.mark.parametrize("bad", [3, -1])
+def test_labels_outside_the_classes_follow_the_loss_rule(measure, bad):
+    logits = jnp.asarray([[2.0, 0.0, -1.0], [0.5, 1.0, 0.0]])
+    labels = np.asarray([0, bad], np.int32)
+    with pytest.raises(ValueError, match="`labels` must hold class indices in \\[0, 3\\)"):
+        measure(logits, labels)
+    assert np.isnan(jax.jit(measure)(logits, labels))  # traced: NaN, never a finite value
+    assert np.isfinite(jax.jit(measure)(logits, np.asarray([0, 1], np.int32)))
