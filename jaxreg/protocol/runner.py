@@ -184,4 +184,21 @@ def main(name: str, argv: list[str] | None = None) -> dict:
     out_dir = args.out or os.path.join(
         "runs", name if config.variant == default_variant else f"{name}-{config.variant}")
     with RunDirectory(out_dir, config, overwrite=args.overwrite) as out_dir:
-        return module.run(config, out_dir, not args.no_progress)
+        payload = module.run(config, out_dir, not args.no_progress)
+        if getattr(args, "quick", False):
+            _mark_quick(out_dir)
+        return payload
+
+
+QUICK_NOTE = ("(A `--quick` run: the pipeline at toy size. Its verdicts are not evidence "
+              "about the claims.)")
+
+
+def _mark_quick(out_dir: str) -> None:
+    """Appends :data:`QUICK_NOTE` to the run's ``results.md``, so that a toy run's verdicts
+    are never read as a result."""
+    path = os.path.join(out_dir, "results.md")
+    if os.path.exists(path):
+        with open(path, "a") as f:
+            f.write("\n" + QUICK_NOTE + "\n")
+        print(QUICK_NOTE)

@@ -25,6 +25,7 @@ def _check_outputs(out, payload, settings, seeds):
 def test_quick_run_writes_table_json_and_plot(tmp_path):
     payload = runner.main("noisy-labels", ["--quick", "--out", str(tmp_path), "--no-progress"])
     _check_outputs(tmp_path, payload, noisy_labels.QUICK_SETTINGS, [0, 1])
+    assert (tmp_path / "results.md").read_text().rstrip().endswith(runner.QUICK_NOTE)
     noise = payload["settings"]["symmetric 40%"]["realised_rate"]
     assert all(abs(r - 0.4) < 0.01 for r in noise)  # APL convention: exact per-class counts
 
