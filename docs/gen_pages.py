@@ -106,24 +106,11 @@ def _test_files() -> dict[str, str]:
 TESTS = _test_files()
 
 
-def tests_naming(entry: catalog.Entry) -> dict[str, int]:
-    """``{test file: lines}`` of the tests that name the entry or its function (as ``jaxreg show
-    NAME`` counts them, jaxreg/cli.py)."""
-    names = {entry.name, getattr(entry.fn, "__name__", entry.name)}
-    pattern = re.compile(r"\b(" + "|".join(map(re.escape, sorted(names))) + r")\b")
-    found = {}
-    for path, text in TESTS.items():
-        count = sum(1 for line in text.splitlines() if pattern.search(line))
-        if count:
-            found[path] = count
-    return found
-
-
 def entry_section(entry: catalog.Entry) -> str:
     paper = entry.paper
     if entry.arxiv:
         paper += f" ([arXiv:{entry.arxiv}](https://arxiv.org/abs/{entry.arxiv}))"
-    tests = tests_naming(entry)
+    tests = catalog.tests_naming(entry, TESTS)
     named = ", ".join(f"`{path}` ({n} lines)" for path, n in tests.items()) or "none name it"
     rows = [f"- **Paper:** {paper}",
             f"- **Matches:** {entry.reference}",

@@ -34,8 +34,16 @@ def float_array(x, name: str, *, min_ndim: int = 0):
     if x.ndim < min_ndim:
         raise ValueError(
             f"`{name}` must have at least {min_ndim} dimension(s), got shape {x.shape}.")
+    return at_least_float32(x)
+
+
+def at_least_float32(x) -> jax.Array:
+    """``x`` as an array of float32 or a wider type. Already wide enough, it is returned as it
+    is, so a weakly typed scalar (a Python number) stays weak and does not widen float32
+    arrays it meets under ``jax_enable_x64``."""
+    x = jnp.asarray(x)
     wide = jnp.promote_types(x.dtype, jnp.float32)
-    return x if x.dtype == wide else x.astype(wide)  # no astype: a weak type stays weak
+    return x if x.dtype == wide else x.astype(wide)
 
 
 def logits_and_labels(logits, labels, *, logits_name="logits", labels_name="labels"):

@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import inspect
+import re
 from collections.abc import Callable, Mapping
 from types import MappingProxyType
 
@@ -576,6 +577,19 @@ def get(name: str) -> Entry:
         hint = f" (did you mean {', '.join(close)}?)" if close else ""
         raise KeyError(f"unknown component {name!r}{hint}; the catalog has: "
                        f"{', '.join(sorted(_BY_NAME))}") from None
+
+
+def tests_naming(entry: Entry, test_files: Mapping[str, str]) -> dict[str, int]:
+    """``{path: lines}``: the test files (``{path: text}``) with lines that name the entry or
+    its function (``jaxreg show`` and the docs list them)."""
+    names = {entry.name, getattr(entry.fn, "__name__", entry.name)}
+    pattern = re.compile(r"\b(" + "|".join(map(re.escape, sorted(names))) + r")\b")
+    found = {}
+    for path, text in test_files.items():
+        count = sum(1 for line in text.splitlines() if pattern.search(line))
+        if count:
+            found[path] = count
+    return found
 
 
 def describe(entry: Entry, tests: Mapping[str, int] | None = None) -> str:

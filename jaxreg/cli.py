@@ -25,25 +25,19 @@ def _cmd_list(args) -> int:
 
 def _cmd_show(args) -> int:
     import pathlib
-    import re
 
+    import jaxreg
     from jaxreg import catalog
     try:
         entry = catalog.get(args.name)
     except KeyError as err:
         raise UsageError(err.args[0]) from None
-    import jaxreg
-
     tests = None
-    folder = pathlib.Path(jaxreg.__file__).resolve().parents[1] / "tests"
-    if folder.is_dir():  # a clone: the test files that name the entry or its function
-        names = {entry.name, getattr(entry.fn, "__name__", entry.name)}
-        pattern = re.compile(r"\b(" + "|".join(map(re.escape, sorted(names))) + r")\b")
-        tests = {}
-        for path in sorted(folder.rglob("test_*.py")):
-            count = sum(1 for line in path.read_text().splitlines() if pattern.search(line))
-            if count:
-                tests[str(path.relative_to(folder.parent))] = count
+    root = pathlib.Path(jaxreg.__file__).resolve().parents[1]
+    if (root / "tests").is_dir():  # a clone: the test files that name the entry
+        tests = catalog.tests_naming(entry, {
+            str(path.relative_to(root)): path.read_text()
+            for path in sorted((root / "tests").rglob("test_*.py"))})
     print(catalog.describe(entry, tests))
     return 0
 

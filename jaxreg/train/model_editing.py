@@ -69,6 +69,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jaxreg._validate import at_least_float32 as _f32
 from jaxreg.train.state import init_state
 from jaxreg.train.step import make_step
 
@@ -115,14 +116,6 @@ def _chosen(mask, params, params_name: str):
         if not isinstance(leaf, (bool, jnp.bool_)) and jnp.result_type(leaf) != jnp.bool_:
             raise TypeError(f"`mask` leaves must be booleans, got {type(leaf).__name__}.")
     return jax.tree.map(bool, chosen)
-
-
-def _f32(x):
-    """``x`` in float32 or wider; a weakly typed scalar (a Python number) stays weak, so it
-    does not widen float32 parameters under ``jax_enable_x64``."""
-    x = jnp.asarray(x)
-    wide = jnp.promote_types(x.dtype, jnp.float32)
-    return x if x.dtype == wide else x.astype(wide)
 
 
 def _num_tasks(task_vectors) -> int:
