@@ -120,7 +120,7 @@ def methods(config=None) -> dict:
 def run_task(config, aux_task, progress) -> dict:
     """Every method with every weight of one auxiliary task; results and the claims."""
     weights = aux_weights(config, aux_task)
-    seeds, epochs = list(config.train.seeds), config.train.epochs
+    seeds = list(config.train.seeds)
     learning_rate = config.optimizer.learning_rate
     train_set, test_set = data_lib.load_digits("train"), data_lib.load_digits("test")
     model = models.multitask_mlp(train_set["image"].shape[1:], {"digit": 10, "recon": 64},
@@ -158,15 +158,16 @@ def run_task(config, aux_task, progress) -> dict:
             lambda p, b, h, k, use_aux=use_aux: terms(p, b, h, use_aux), optimizer, model.init,
             {"image": train_set["image"], "label": train_set["label"]},
             hparams={"aux_weight": swept, "learning_rate": [learning_rate] * len(swept)},
-            seeds=seeds, epochs=epochs, batch_size=config.train.batch_size, evaluate=evaluate,
+            **config_lib.grid_schedule(config.train), evaluate=evaluate,
             seed_data={"labelled": masks}, aggregator=aggregator,
             term_order=ORDER if aggregator is not None else None,
             progress=progress, desc=f"{aux_task}: {name}")
-        accuracy, aux = result.history["eval/main_accuracy"], result.history["eval/aux_loss"]
+        accuracy = result.history["eval/main_accuracy"]
         results[name] = {
             "aux_weights": swept if use_aux else None, "seconds": time.time() - t0,
-            "last": accuracy[:, :, -1].tolist(), "best": accuracy.max(-1).tolist(),
-            "aux_loss": aux[:, :, -1].tolist()}  # [weights, seeds]
+            "last": result.last("eval/main_accuracy").tolist(),
+            "best": accuracy.max(-1).tolist(),
+            "aux_loss": result.last("eval/aux_loss").tolist()}  # [weights, seeds]
     claims = []
     if "bloop" not in results:
         return {"results": results, "claims": claims}

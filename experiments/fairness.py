@@ -192,8 +192,7 @@ def _train(config, model, num_races, train_set, hparams, *, progress, desc):
     data = {k: train_set[k] for k in ("features", "label", "race", "sex", "age_z")}
     result = train.grid(_objective(model, penalty_functions(config), num_races),
                         optax.adam(config.optimizer.learning_rate), model.init, data,
-                        hparams=hparams, seeds=list(config.train.seeds),
-                        epochs=config.train.epochs, batch_size=config.train.batch_size,
+                        hparams=hparams, **config_lib.grid_schedule(config.train),
                         progress=progress, desc=desc)
     predict = jax.jit(jax.vmap(jax.vmap(lambda params, x: jax.nn.sigmoid(
         model.apply(params, x)[:, 0]), (0, None)), (0, None)))

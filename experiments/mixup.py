@@ -155,7 +155,7 @@ def run_settings(config, labels: dict, *, model, train_set, test_set, progress) 
     for i, name in enumerate(labels):
         members = slice(i * len(seeds), (i + 1) * len(seeds))
         history = {m: result.history[f"eval/{m}"][:, members] for m in METRICS}
-        settings[name] = {m: v[:, :, -1].tolist() for m, v in history.items()}
+        settings[name] = {m: result.last(f"eval/{m}")[:, members].tolist() for m in METRICS}
         settings[name]["test_accuracy_curve"] = history["test_accuracy"].tolist()
     return {"seconds": time.time() - t0, "settings": settings}
 

@@ -185,7 +185,7 @@ def run(config, out_dir: str, progress: bool) -> dict:
                                 epochs=epochs, batch_size=config.train.batch_size,
                                 learning_rate=config.optimizer.learning_rate,
                                 progress=progress)
-        results[name] = {"last": {t: result.history[f"eval/{t}"][0, :, -1].tolist()
+        results[name] = {"last": {t: result.last(f"eval/{t}")[0].tolist()
                                   for t in TASKS},
                          "seconds": time.time() - t0}
     base = results["mean"]["last"]

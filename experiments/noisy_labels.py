@@ -179,8 +179,8 @@ def _noisy_labels(clean, kind, rate, seeds):
 
 def run_setting(config, kind, rate, *, model, train_set, test_set, progress=True):
     """Trains every loss x seed for one noise setting as one vmapped program."""
-    seeds, epochs, batch_size = list(config.train.seeds), config.train.epochs, \
-        config.train.batch_size
+    schedule = config_lib.grid_schedule(config.train)
+    seeds, epochs, batch_size = schedule["seeds"], schedule["epochs"], schedule["batch_size"]
     clean = train_set["label"]
     noisy = _noisy_labels(clean, kind, rate, seeds)
     branches = _branches(epochs, config.loss)
@@ -205,8 +205,8 @@ def run_setting(config, kind, rate, *, model, train_set, test_set, progress=True
     result = train.grid(
         objective, optimizer, model.init,
         {"image": train_set["image"], "clean_label": clean},
-        hparams={"loss": list(range(len(LOSSES)))}, seeds=seeds, epochs=epochs,
-        batch_size=batch_size, evaluate=evaluate, seed_data={"label": noisy},
+        hparams={"loss": list(range(len(LOSSES)))}, **schedule, evaluate=evaluate,
+        seed_data={"label": noisy},
         init_example_state=lambda d: {
             "elr": jnp.zeros((len(d["label"]), NUM_CLASSES)),
             "pskd": sd.initial_predictions(d["label"], NUM_CLASSES)},
@@ -217,11 +217,12 @@ def run_setting(config, kind, rate, *, model, train_set, test_set, progress=True
 
 
 def _summaries(result):
-    acc, fit = result.history["eval/test_accuracy"], result.history["eval/noisy_fit"]
+    acc = result.history["eval/test_accuracy"]
+    last, fit = result.last("eval/test_accuracy"), result.last("eval/noisy_fit")
     out = {}
     for k, name in enumerate(LOSSES):
-        out[name] = {"best": acc[k].max(-1).tolist(), "last": acc[k, :, -1].tolist(),
-                     "noisy_fit_last": fit[k, :, -1].tolist(),
+        out[name] = {"best": acc[k].max(-1).tolist(), "last": last[k].tolist(),
+                     "noisy_fit_last": fit[k].tolist(),
                      "curve_mean": acc[k].mean(0).tolist(), "curve_std": acc[k].std(0).tolist()}
     return out
 

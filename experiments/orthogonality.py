@@ -199,14 +199,13 @@ def run_variant(mask, config, *, model, train_set, test_set, progress, desc) -> 
                         {"image": train_set["image"], "label": train_set["label"]},
                         hparams={"strength": strengths,
                                  "learning_rate": [learning_rate] * len(strengths)},
-                        seeds=list(config.train.seeds), epochs=config.train.epochs,
-                        batch_size=config.train.batch_size, evaluate=evaluate,
+                        **config_lib.grid_schedule(config.train), evaluate=evaluate,
                         progress=progress, desc=desc)
     error, condition, names = grid_measures(result.state.params)
     chosen = [i for i, name in enumerate(names) if mask is None or head not in name]
     return {"kernels": [names[i] for i in chosen], "seconds": time.time() - t0,
-            "test_accuracy": result.history["eval/test_accuracy"][:, :, -1].tolist(),
-            "train_cross_entropy": result.history["train/ce"][:, :, -1].tolist(),
+            "test_accuracy": result.last("eval/test_accuracy").tolist(),
+            "train_cross_entropy": result.last("train/ce").tolist(),
             "orthogonality_error": error[..., chosen].tolist(),
             "condition_number": condition[..., chosen].tolist(),
             "worst_error": error[..., chosen].max(-1).tolist(),

@@ -143,8 +143,8 @@ def run_method(name, optimizer, aggregator, config, *, progress=True):
         0.0, 1.0, d.collocation).astype(np.float32)
     return train.grid(make_objective(net), optimizer, lambda key: net.init(key, jnp.zeros(())),
                       {"x": points}, hparams={"learning_rate": [config.optimizer.learning_rate]},
-                      seeds=list(t.seeds), epochs=t.epochs, batch_size=t.batch_size,
-                      evaluate=evaluate, aggregator=aggregator, progress=progress, desc=name)
+                      **config_lib.grid_schedule(t), evaluate=evaluate, aggregator=aggregator,
+                      progress=progress, desc=name)
 
 
 def _better(errors, a, b):

@@ -153,9 +153,8 @@ def run_method(name, perturbation, rhos, config, *, model, train_set, test_set,
     t0 = time.time()
     result = train.grid(objective, optimizer, model.init,
                         {"image": train_set["image"], "label": train_set["label"]},
-                        hparams=hparams, seeds=list(t.seeds), epochs=t.epochs,
-                        batch_size=t.batch_size, evaluate=evaluate, perturbation=perturbation,
-                        progress=progress, desc=name)
+                        hparams=hparams, **config_lib.grid_schedule(t), evaluate=evaluate,
+                        perturbation=perturbation, progress=progress, desc=name)
     seconds = time.time() - t0
     top, trace, loss = hessian_metrics(model, result.state.params, train_set,
                                        jax.random.PRNGKey(h.seed),
@@ -169,7 +168,7 @@ def run_method(name, perturbation, rhos, config, *, model, train_set, test_set,
     accuracy = result.history["eval/test_accuracy"]
     return {"spectrum": {"nodes": nodes[0].tolist(), "weights": weights[0].tolist()},
             "rhos": rhos, "seconds": seconds, "hessian_seconds": time.time() - t0 - seconds,
-            "test_accuracy": accuracy[:, :, -1].tolist(),  # [radii, seeds]
+            "test_accuracy": result.last("eval/test_accuracy").tolist(),  # [radii, seeds]
             "curve_mean": accuracy.mean(1).tolist(),  # [radii, epochs]
             "train_loss": loss.tolist(), "top_eigenvalue": top.tolist(),
             "hessian_trace": trace.tolist()}

@@ -168,16 +168,16 @@ def run_method(options, config, *, model, train_set, test_set, pools, epsilon, p
     result = train.grid(
         objective, optimizer, model.init, {"image": train_set["image"]},
         hparams={"alpha": [loss.alpha], "epsilon": [epsilon], "learning_rate": [learning_rate]},
-        seeds=list(t.seeds), epochs=t.epochs, batch_size=t.batch_size, evaluate=evaluate,
+        **config_lib.grid_schedule(t), evaluate=evaluate,
         seed_data={"labelled_image": train_set["image"][pools],
                    "labelled_label": train_set["label"][pools]},
         progress=progress, desc=desc)
     accuracy = result.history["eval/test_accuracy"][0]
     out = {"seconds": time.time() - t0, "test_accuracy_curve": accuracy.tolist(),
            "test_accuracy": accuracy[:, -1].tolist(),
-           "train_cross_entropy": result.history["train/ce"][0, :, -1].tolist()}
+           "train_cross_entropy": result.last("train/ce")[0].tolist()}
     if options is not None:
-        out["train_lds"] = result.history["train/lds"][0, :, -1].tolist()
+        out["train_lds"] = result.last("train/lds")[0].tolist()
     return out
 
 

@@ -193,8 +193,7 @@ def run_methods(grids, learning_rates, *, model, train_set, test_set, seeds, epo
                         evaluate=evaluate, progress=progress, desc="weight decay")
     seconds = time.time() - t0
     shape = (len(grids), len(learning_rates), -1, len(seeds))  # method, lr, decay, seed
-    history = result.history
-    last = {key: history[key][:, :, -1].reshape(shape)
+    last = {key: result.last(key).reshape(shape)
             for key in ("eval/test_error", "eval/test_loss", "train/ce")}
     return {method: {"learning_rates": list(learning_rates), "decays": list(decays),
                      "seconds": seconds,

@@ -146,3 +146,14 @@ def save(config: ml_collections.ConfigDict, out_dir: str) -> str:
     with open(path, "w") as f:
         f.write(config.to_json(indent=1) + "\n")
     return path
+
+
+def grid_schedule(train: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``seeds``, ``epochs`` and ``batch_size`` of ``jaxreg.train.grid`` from a config's
+    ``train`` group (``train.grid(..., **grid_schedule(config.train))``), so that every
+    experiment reads them under the same field names."""
+    missing = [f for f in ("seeds", "epochs", "batch_size") if f not in train]
+    if missing:
+        raise KeyError(f"the config's train group has no {', '.join(missing)}")
+    return {"seeds": [int(s) for s in train["seeds"]], "epochs": int(train["epochs"]),
+            "batch_size": int(train["batch_size"])}

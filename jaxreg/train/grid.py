@@ -85,6 +85,12 @@ class GridResult:
     def label(self, k: int) -> str:
         return ", ".join(f"{n}={v}" for n, v in self.configs[k].items())
 
+    def last(self, metric: str) -> np.ndarray:
+        """The metric at the last epoch: ``[K, S]`` (``.tolist()`` for JSON)."""
+        if metric not in self.history:
+            raise KeyError(f"no metric {metric!r}; the history has {sorted(self.history)}")
+        return self.history[metric][:, :, -1]
+
     def summary(self, metric: str) -> list[dict[str, Any]]:
         """Per configuration: the metric's last and best epoch, mean and std over seeds."""
         values = self.history[metric]

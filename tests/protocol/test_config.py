@@ -1,5 +1,6 @@
 """Experiment configs: variants, files, saved JSON, and field-by-field overrides."""
 
+import ml_collections
 import pytest
 
 from experiments.pretrain import get_config
@@ -63,3 +64,10 @@ def test_replace_sets_python_values_and_names_unknown_fields():
     assert get_config("cpu").model.d_model == 128
     with pytest.raises(KeyError, match="did you mean d_model"):
         config_lib.replace(config, {"model.d_modle": 1})
+
+
+def test_grid_schedule_reads_the_train_group():
+    train = ml_collections.ConfigDict(dict(epochs=3, batch_size=16, seeds=(2, 5), extra=1))
+    assert config_lib.grid_schedule(train) == {"seeds": [2, 5], "epochs": 3, "batch_size": 16}
+    with pytest.raises(KeyError, match="batch_size"):
+        config_lib.grid_schedule(ml_collections.ConfigDict(dict(epochs=3, seeds=(0,))))

@@ -44,9 +44,11 @@ def test_grid_equals_sequential_runs():
                     state, _ = step(state, batch)
             np.testing.assert_allclose(result.state.params["w"][k, s], state.params["w"],
                                        rtol=1e-5, atol=1e-6)
-            np.testing.assert_allclose(result.history["eval/w_norm"][k, s, -1],
+            np.testing.assert_allclose(result.last("eval/w_norm")[k, s],
                                        np.sum(np.asarray(state.params["w"]) ** 2), rtol=1e-5)
     assert result.history["train/loss"].shape == (3, 2, 2)
+    with pytest.raises(KeyError, match="eval/w_norm"):
+        result.last("eval/w_nrom")
     assert result.label(1) == "wd=0.1, learning_rate=0.5"
     rows = result.summary("eval/w_norm")
     assert rows[2]["learning_rate"] == 0.05 and rows[2]["best_mean"] >= rows[2]["last_mean"] - 1e-9
