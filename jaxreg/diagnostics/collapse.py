@@ -32,7 +32,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from jaxreg._validate import float_array, logits_and_labels
+from jaxreg._validate import class_labels, float_array, logits_and_labels
 
 
 def _computation_dtype(dtype):
@@ -61,8 +61,16 @@ def softmax_collapse(logits, labels=None, *, dtype=jnp.float32):
         float16, bfloat16, or float64 with x64 enabled).
 
     Returns:
-      A boolean array of shape ``logits.shape[:-1]``.
+      A boolean array of shape ``logits.shape[:-1]``. Labels follow the losses' rule:
+      concrete labels outside ``[0, K)`` raise naming ``labels``; a traced one marks its
+      example as not collapsed (and makes :func:`softmax_collapse_fraction` NaN).
     """
+    return _collapse(logits, labels, dtype)[0]
+
+
+def _collapse(logits, labels, dtype):
+    """The collapse mask and which examples have a label in ``[0, K)`` (all without labels).
+    Concrete labels outside ``[0, K)`` raise, as in the losses."""
     dtype = _computation_dtype(dtype)
     if labels is None:
         z = float_array(logits, "logits", min_ndim=1)
@@ -72,9 +80,10 @@ def softmax_collapse(logits, labels=None, *, dtype=jnp.float32):
     top = jnp.max(z, axis=-1, keepdims=True)
     collapsed = jnp.sum(jnp.exp(z - top), axis=-1) == jnp.ones((), dtype)
     if labels is None:
-        return collapsed
+        return collapsed, jnp.ones(collapsed.shape, bool)
+    labels, mask = class_labels(labels, z.shape[-1])
     at_label = jnp.take_along_axis(z, labels[..., None], axis=-1)[..., 0]
-    return collapsed & (at_label == top[..., 0])
+    return collapsed & (at_label == top[..., 0]) & mask.in_range, mask.in_range
 
 
 def softmax_collapse_fraction(logits, labels=None, *, dtype=jnp.float32):
@@ -88,6 +97,8 @@ def softmax_collapse_fraction(logits, labels=None, *, dtype=jnp.float32):
       dtype: the precision of the softmax (default float32).
 
     Returns:
-      A float32 scalar in ``[0, 1]``.
+      A float32 scalar in ``[0, 1]``; NaN when a traced label is outside ``[0, K)``.
     """
-    return jnp.mean(softmax_collapse(logits, labels, dtype=dtype).astype(jnp.float32))
+    collapsed, valid = _collapse(logits, labels, dtype)
+    fraction = jnp.mean(collapsed.astype(jnp.float32))
+    return jnp.where(jnp.all(valid), fraction, jnp.nan)

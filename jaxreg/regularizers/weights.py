@@ -46,7 +46,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jaxreg._validate import check_strength, float_array, leaf_mask, tree_like
+from jaxreg._validate import check_strength, class_labels, float_array, leaf_mask, tree_like
 
 
 def _chosen_leaves(params, mask) -> list[jax.Array]:
@@ -242,7 +242,8 @@ def diagonal_fisher(apply_fn, params, inputs, labels=None, *, key=None) -> Any:
         apply_fn: ``apply_fn(params, inputs) -> logits [B, K]``.
         params: the parameters (a pytree).
         inputs: a batch ``[B, ...]``.
-        labels: integer labels ``[B]`` (empirical Fisher), or None.
+        labels: integer labels ``[B]`` in ``[0, K)`` (empirical Fisher), or None. Concrete
+            labels outside it raise; traced ones make the result NaN.
         key: a PRNG key (sampled labels) when ``labels`` is None.
 
     Returns:
@@ -258,10 +259,18 @@ def diagonal_fisher(apply_fn, params, inputs, labels=None, *, key=None) -> Any:
     labels = jnp.asarray(labels)
     if not jnp.issubdtype(labels.dtype, jnp.integer):
         raise TypeError(f"`labels` must hold integer class indices, got dtype {labels.dtype}.")
+    logits_shape = jax.eval_shape(apply_fn, params, inputs).shape
+    if labels.shape != logits_shape[:-1]:
+        raise ValueError(f"`labels` must have shape {logits_shape[:-1]} (the logits' without "
+                         f"their class axis), got {labels.shape}.")
+    labels, mask = class_labels(labels, logits_shape[-1])
 
     def log_likelihood(p, x, y):
         logits = float_array(apply_fn(p, x[None]), "apply_fn output", min_ndim=2)[0]
         return jax.nn.log_softmax(logits)[y]
 
     grads = jax.vmap(jax.grad(log_likelihood), in_axes=(None, 0, 0))(params, inputs, labels)
-    return jax.tree.map(lambda g: jnp.mean(jnp.square(g.astype(jnp.float32)), axis=0), grads)
+    # the label rule: a traced label outside [0, K) makes the estimate NaN, never finite
+    valid = jnp.where(jnp.all(mask.in_range), 1.0, jnp.nan)
+    return jax.tree.map(
+        lambda g: valid * jnp.mean(jnp.square(g.astype(jnp.float32)), axis=0), grads)

@@ -115,3 +115,16 @@ def test_bad_inputs_name_the_argument():
         softmax_collapse_fraction(jnp.ones((2, 3)), dtype=jnp.int32)
     with pytest.raises(ValueError, match="dtype"):
         softmax_collapse_fraction(jnp.ones((2, 3)), dtype=jnp.float64)  # x64 disabled
+
+
+@pytest.mark.parametrize("bad", [3, -1, 1000])
+def test_labels_follow_the_losses_rule(bad):
+    """Concrete labels outside [0, K) raise naming them; a traced one is never counted as
+    collapsed (label -1 does not wrap to the last class) and the fraction is NaN."""
+    z = jnp.asarray([[0.0, 0.0, 200.0], [0.0, 0.0, 200.0]])  # both collapsed at class 2
+    labels = jnp.asarray([2, bad])
+    with pytest.raises(ValueError, match=r"`labels` must hold class indices in \[0, 3\)"):
+        softmax_collapse(z, labels)
+    np.testing.assert_array_equal(jax.jit(softmax_collapse)(z, labels), [True, False])
+    assert np.isnan(jax.jit(softmax_collapse_fraction)(z, labels))
+    assert float(jax.jit(softmax_collapse_fraction)(z, jnp.asarray([2, 2]))) == 1.0

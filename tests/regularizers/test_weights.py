@@ -191,6 +191,22 @@ def test_diagonal_fisher_needs_labels_or_key():
         w.diagonal_fisher(_logistic, params, jnp.ones((2, 3)))
     with pytest.raises(TypeError, match="`labels`"):
         w.diagonal_fisher(_logistic, params, jnp.ones((2, 3)), jnp.ones(2))
+    with pytest.raises(ValueError, match="`labels` must have shape"):
+        w.diagonal_fisher(_logistic, params, jnp.ones((2, 3)), jnp.zeros(3, jnp.int32))
+
+
+@pytest.mark.parametrize("bad", [2, -1, 1000])
+def test_diagonal_fisher_follows_the_label_rule(bad):
+    """Concrete labels outside [0, K) raise naming them; traced ones give NaN, never the
+    finite Fisher of a clamped or wrapped label."""
+    params = {"kernel": jnp.ones((3, 2)), "bias": jnp.zeros(2)}
+    x, labels = jnp.ones((2, 3)), jnp.asarray([0, bad])
+    with pytest.raises(ValueError, match=r"`labels` must hold class indices in \[0, 2\)"):
+        w.diagonal_fisher(_logistic, params, x, labels)
+    traced = jax.jit(lambda y: w.diagonal_fisher(_logistic, params, x, y))(labels)
+    assert all(np.all(np.isnan(leaf)) for leaf in jax.tree.leaves(traced))
+    fine = jax.jit(lambda y: w.diagonal_fisher(_logistic, params, x, y))(jnp.asarray([0, 1]))
+    assert all(np.all(np.isfinite(leaf)) for leaf in jax.tree.leaves(fine))
 
 
 def test_orthogonality_rejects_bad_kernels_and_strides():
