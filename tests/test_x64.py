@@ -358,8 +358,6 @@ def test_the_suite_itself_runs_in_float32():
 KNOWN = {
     ("virtual_adversarial", "values"): ("VAT's finite difference is float32 rounding "
                                         "(documented in regularizers/smoothness.py)"),
-    ("monge_gap", "float32"): ("ott-jax 0.6 Sinkhorn itself fails on float32 point clouds "
-                               "under x64 (lax.cond branches float64 vs float32)"),
 }
 
 

@@ -67,7 +67,12 @@ def monge_gap(source, mapped, *, strength=1.0, epsilon=None, cost=None, **solver
         raise ValueError(f"`source` must have shape [n, d], got {source.shape}.")
     same_shape(source, mapped, "source", "mapped")
     cost = costs.SqEuclidean() if cost is None else cost
+    dtype = jnp.result_type(source, mapped)
+    # ott-jax 0.6's Sinkhorn fails on float32 points when x64 is enabled (its lax.cond
+    # branches return float64 and float32): solve in the default float dtype, cast back
+    work = jnp.promote_types(dtype, jax.dtypes.canonicalize_dtype(jnp.float64))
+    source, mapped = source.astype(work), mapped.astype(work)
     geometry = pointcloud.PointCloud(source, mapped, cost_fn=cost, epsilon=epsilon)
     displacement = jnp.mean(jax.vmap(cost)(source, mapped))
     transport = linear.solve(geometry, **solver_kwargs).ent_reg_cost
-    return strength * (displacement - transport)
+    return (strength * (displacement - transport)).astype(dtype)
