@@ -15,27 +15,13 @@ its Frobenius norm (and the solution rescaled back), and the update is scaled do
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import jax
 import jax.numpy as jnp
 import optax
 
-from jaxreg.multiobjective.base import (
-    accumulation_dtype,
-    check_objectives,
-    combine,
-    gramian,
-    initial_weights,
-    logged,
-)
+from jaxreg.multiobjective.base import Weighting, check_objectives, from_weighting
 
 _RIDGE = 1e-6  # added to the normalised Gramian: keeps the problem bounded when G is singular
-
-
-class BargainingState(NamedTuple):
-    weights: jax.Array
-    alpha: jax.Array  # the last solution for the normalised Gramian (warm start)
 
 
 def solve_bargaining(gram: jax.Array, power: jax.Array, alpha0: jax.Array, *,
@@ -62,28 +48,22 @@ def _bargaining(power_fn, max_norm, iterations, num_objectives, name):
         raise ValueError(f"{name} keeps its last solution in its state: give `num_objectives`")
     m = num_objectives
 
-    def init(params):
-        dtype = accumulation_dtype(params)
-        return BargainingState(initial_weights(m, dtype), jnp.ones(m, dtype))
+    def init(num_objectives, dtype):
+        return jnp.ones(m, dtype)  # the last solution for the normalised Gramian (warm start)
 
-    def update(updates, state, params=None):
-        del params
-        gram = gramian(updates)
+    def update(gram, alpha_n):
         check_objectives(name, m, gram.shape[0])
         # ||G||_F computed without squaring tiny entries (float32 underflows below 1e-38)
         peak = jnp.maximum(jnp.max(jnp.abs(gram)), jnp.finfo(gram.dtype).tiny)
         scale = jnp.maximum(peak * jnp.linalg.norm(gram / peak), jnp.finfo(gram.dtype).tiny)
         normalised = gram / scale + _RIDGE * jnp.eye(m, dtype=gram.dtype)
-        power = power_fn(gram.dtype)
-        alpha_n = solve_bargaining(normalised, power, state.alpha.astype(gram.dtype),
+        alpha_n = solve_bargaining(normalised, power_fn(gram.dtype), alpha_n.astype(gram.dtype),
                                    iterations=iterations)
         alpha = alpha_n / jnp.sqrt(scale)
         norm = jnp.sqrt(jnp.maximum(alpha @ gram @ alpha, 0.0))
-        alpha = alpha * jnp.minimum(1.0, max_norm / jnp.maximum(norm, 1e-30))
-        return combine(alpha, updates), BargainingState(logged(alpha, state.weights),
-                                                     alpha_n.astype(state.alpha.dtype))
+        return alpha * jnp.minimum(1.0, max_norm / jnp.maximum(norm, 1e-30)), alpha_n
 
-    return optax.GradientTransformation(init, update)
+    return from_weighting(Weighting(init, update), m)
 
 
 def nash_mtl(*, max_norm: float = 1.0, iterations: int = 20,

@@ -14,8 +14,9 @@ Aggregators go first in a chain: ``optax.chain(jaxreg.multiobjective.upgrad(), o
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -51,11 +52,6 @@ def combine(weights: jax.Array, jacobian):
     return jax.tree.map(
         lambda x: jnp.tensordot(weights.astype(jnp.promote_types(x.dtype, jnp.float32)), x,
                                 axes=1).astype(x.dtype), jacobian)
-
-
-class WeightingState(NamedTuple):
-    """State of a stateless Gramian weighting: the last weights, for logging."""
-    weights: jax.Array
 
 
 class KeyedState(NamedTuple):
@@ -100,20 +96,89 @@ def logged(weights: jax.Array, previous: jax.Array) -> jax.Array:
     return weights.astype(previous.dtype)
 
 
-def from_weighting(weighting: Callable[[jax.Array], jax.Array],
-                   num_objectives: int | None = None) -> optax.GradientTransformation:
-    """An aggregator ``J -> J^T weighting(J J^T)`` as an optax transformation.
+class Weighting(NamedTuple):
+    """A weighting: the objectives' weights ``w`` from their ``[m, m]`` Gramian alone.
 
-    ``weighting`` maps the ``[m, m]`` Gramian to ``[m]`` weights; it must be jittable. With
+    ``init(num_objectives, dtype) -> state`` and ``update(gram, state) -> (weights, state)``,
+    both jittable; ``state`` is what the method carries between steps (``()`` for most; a
+    PRNG key for random orders, a warm start for an iterative solver, EMA targets for GradVac).
+    ``num_objectives`` may be None for methods whose state does not depend on it.
+
+    An aggregator built from a weighting (:func:`from_weighting`) gives ``J^T w``; the train
+    step can also get ``w`` without ever forming ``J`` (``make_step(engine="gramian")``).
+    """
+    init: Callable[[int | None, jnp.dtype], Any]
+    update: Callable[[jax.Array, Any], tuple[jax.Array, Any]]
+
+
+def stateless(weights_fn: Callable[[jax.Array], jax.Array]) -> Weighting:
+    """The :class:`Weighting` of a pure function ``gram -> weights``."""
+    return Weighting(lambda num_objectives, dtype: (),
+                     lambda gram, state: (weights_fn(gram), state))
+
+
+def keyed(weights_fn: Callable[[jax.Array, jax.Array], jax.Array], seed: int) -> Weighting:
+    """The :class:`Weighting` of ``(gram, key) -> weights`` drawing a fresh key each call from
+    a key kept in the state (seeded by ``seed``), so runs are reproducible."""
+    def update(gram, key):
+        key, draw = jax.random.split(key)
+        return weights_fn(gram, draw), key
+
+    return Weighting(lambda num_objectives, dtype: jax.random.PRNGKey(seed), update)
+
+
+class WeightingState(NamedTuple):
+    """State of an aggregator built from a weighting: the last weights (for logging; sized
+    by ``num_objectives``) and the weighting's own state."""
+    weights: jax.Array
+    inner: Any = ()
+
+
+_WEIGHTING_OF: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def weighting_of(aggregator) -> Weighting | None:
+    """The :class:`Weighting` an aggregator was built from (None for an aggregator that needs
+    the Jacobian itself, such as GradDrop, GradNorm, Bloop and M-ConFIG)."""
+    update = getattr(aggregator, "update", None)
+    try:
+        return _WEIGHTING_OF.get(update)
+    except TypeError:  # not weak-referenceable: not ours
+        return None
+
+
+def weighting_update(weighting: Weighting, gram: jax.Array, state: WeightingState
+                     ) -> tuple[jax.Array, WeightingState]:
+    """One call of ``weighting`` on ``gram`` inside an aggregator's state: ``(weights, new
+    state)``, the logged weights and the inner state kept in their dtypes."""
+    weights, inner = weighting.update(gram, state.inner)
+    inner = jax.tree.map(lambda new, old: new.astype(jnp.result_type(old)), inner, state.inner)
+    return weights, WeightingState(logged(weights, state.weights), inner)
+
+
+def from_weighting(weighting: Weighting | Callable[[jax.Array], jax.Array],
+                   num_objectives: int | None = None) -> optax.GradientTransformation:
+    """An aggregator ``J -> J^T w``, ``w`` from ``weighting`` applied to ``J J^T``, as an
+    optax transformation.
+
+    ``weighting`` is a :class:`Weighting` or a jittable function ``gram -> weights``. With
     ``num_objectives`` given, the state records the last weights (for logging).
     """
+    if not isinstance(weighting, Weighting):
+        if not callable(weighting):
+            raise TypeError("`weighting` must be a Weighting or a function gram -> weights, "
+                            f"got {type(weighting).__name__}")
+        weighting = stateless(weighting)
+
     def init(params):
-        return WeightingState(weights=initial_weights(num_objectives,
-                                                      accumulation_dtype(params)))
+        dtype = accumulation_dtype(params)
+        return WeightingState(initial_weights(num_objectives, dtype),
+                              weighting.init(num_objectives, dtype))
 
     def update(updates, state, params=None):
         del params
-        weights = weighting(gramian(updates))
-        return combine(weights, updates), WeightingState(logged(weights, state.weights))
+        weights, state = weighting_update(weighting, gramian(updates), state)
+        return combine(weights, updates), state
 
+    _WEIGHTING_OF[update] = weighting
     return optax.GradientTransformation(init, update)

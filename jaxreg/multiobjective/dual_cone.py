@@ -12,30 +12,74 @@ regularised by ``reg_eps I``.
 
 Paper: Quinton & Rey, "Jacobian Descent for Multi-Objective Optimization" (2024),
 arXiv:2406.16232. Matches torchjd ``UPGrad`` and ``DualProj`` (whose QP is solved by
-quadprog on the CPU; here by Lawson and Hanson's active-set method, in JAX).
+quadprog on the CPU; here in JAX by a primal-dual active-set method warm-started from the
+last step, finished by Lawson and Hanson's method where it cycles).
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
 
-from jaxreg.multiobjective.base import from_weighting
+from jaxreg.multiobjective.base import Weighting, from_weighting
 
 
-def project_to_dual_cone(gram: jax.Array, u: jax.Array, *, max_iters: int | None = None
-                         ) -> jax.Array:
-    """``argmin_{v >= u} v^T G v`` for a positive definite ``G``.
+class DualConeState(NamedTuple):
+    """The solver's warm start and effort: the active bounds of each projection at the last
+    step (``[P, m]``; empty until ``num_objectives`` is known) and its iterations."""
+    active: jax.Array
+    iterations: jax.Array
 
-    Lawson and Hanson's active-set method (the one of NNLS) on ``s = v - u >= 0``: start with
-    every bound active; free the coordinate whose bound the gradient ``G v`` pushes against
-    hardest; solve exactly on the free set, stepping back to the bounds when the solution
-    leaves them. Each iteration is one m x m solve; it ends, exactly, after a few times m
-    iterations at most (``max_iters``, default ``4 m + 20``, guards against rounding cycles).
-    """
+
+def _tolerance(gram, lower):
+    scale = jnp.max(jnp.abs(jnp.diag(gram))) * jnp.max(jnp.abs(lower))
+    return 64 * jnp.finfo(gram.dtype).eps * jnp.maximum(scale, jnp.finfo(gram.dtype).tiny)
+
+
+def _solve_on(gram, lower, active):
+    """``v`` with ``v_A = u_A`` on the active bounds and ``G_FF v_F = -G_FA u_A`` on the free
+    coordinates, for one problem: a Cholesky solve of the masked (positive definite) system."""
+    free = ~active
+    system = jnp.where(free[:, None] & free[None, :], gram, 0.0) + jnp.diag(
+        active.astype(gram.dtype))
+    rhs = jnp.where(free, -(gram @ jnp.where(active, lower, 0.0)), lower)
+    factor = jnp.linalg.cholesky(system)
+    return jax.scipy.linalg.cho_solve((factor, True), rhs)
+
+
+def _primal_dual(gram, lower, active, max_iters):
+    """Primal-dual active-set iterations (Hintermueller, Ito & Kunisch 2002) on all P problems
+    at once; each iteration is one batched m x m Cholesky solve. Returns ``(v, active,
+    iterations, converged [P])``."""
+    tol = _tolerance(gram, lower)
+
+    def step(carry):
+        active, _, _, count = carry
+        v = jax.vmap(lambda u, a: _solve_on(gram, u, a))(lower, active)
+        multiplier = v @ gram  # G v (G symmetric); zero on the free set up to rounding
+        # a bound stays active while its multiplier is not clearly negative; a free
+        # coordinate becomes active when it falls clearly below its bound
+        new = jnp.where(active, multiplier >= -tol, v < lower - tol)
+        done = jnp.all(new == active, axis=1) & jnp.all(jnp.isfinite(v), axis=1)
+        return new, v, done, count + 1
+
+    carry = (active, jnp.zeros_like(lower), jnp.zeros(lower.shape[0], bool), 0)
+    active, v, converged, count = jax.lax.while_loop(
+        lambda c: ~jnp.all(c[2]) & (c[3] < max_iters), step, carry)
+    return v, active, count, converged
+
+
+def _lawson_hanson(gram, u, skip, max_iters):
+    """Lawson and Hanson's active-set method (the one of NNLS) on ``s = v - u >= 0``: start
+    with every bound active; free the coordinate whose bound the gradient ``G v`` pushes
+    against hardest; solve exactly on the free set, stepping back to the bounds when the
+    solution leaves them. One free coordinate per iteration: slower than the primal-dual
+    method but it cannot cycle; it ends, exactly, after a few times m iterations (``skip``:
+    no iteration at all). Returns ``(v, iterations)``."""
     m = gram.shape[0]
-    max_iters = 4 * m + 20 if max_iters is None else max_iters
     gu = gram @ u
     tol = 1e-6 * jnp.maximum(jnp.max(jnp.abs(jnp.diag(gram))) * jnp.max(jnp.abs(u)), 1e-30)
 
@@ -64,10 +108,43 @@ def project_to_dual_cone(gram: jax.Array, u: jax.Array, *, max_iters: int | None
                 jnp.where(stepped_back, back_free, accept_free),
                 ~stepped_back & optimal, count + 1)
 
-    s, _, _, _ = jax.lax.while_loop(
+    s, _, _, count = jax.lax.while_loop(
         lambda c: ~c[2] & (c[3] < max_iters), step,
-        (jnp.zeros_like(u), jnp.zeros(m, bool), jnp.asarray(False), 0))
-    return u + s
+        (jnp.zeros_like(u), jnp.zeros(m, bool), jnp.asarray(skip), 0))
+    return u + s, count
+
+
+def solve_dual_cone(gram: jax.Array, lower: jax.Array, active: jax.Array | None = None, *,
+                    max_iters: int | None = None):
+    """``argmin_{v >= u} v^T G v`` for each row ``u`` of ``lower`` ``[P, m]`` (G positive
+    definite), exactly.
+
+    Primal-dual active-set iterations from ``active`` (a warm start, ``[P, m]`` booleans,
+    e.g. the last step's; default: the bounds that are positive), at most ``max_iters``
+    (default ``m + 10``); a problem they leave unsolved (the method can cycle on matrices
+    that are not M-matrices) is finished by Lawson and Hanson's method, which cannot.
+
+    Returns:
+        ``(v [P, m], active [P, m], iterations)``: the solutions, their active bounds (the
+        next warm start) and the iterations taken (the most of any problem, fallback
+        included).
+    """
+    m = gram.shape[0]
+    max_iters = m + 10 if max_iters is None else max_iters
+    active = lower > 0 if active is None else jnp.asarray(active, bool)
+    v, active, count, converged = _primal_dual(gram, lower, active, max_iters)
+    fallback, extra = jax.vmap(lambda u, done: _lawson_hanson(gram, u, done, 4 * m + 20))(
+        lower, converged)
+    v = jnp.where(converged[:, None], v, fallback)
+    tol = _tolerance(gram, lower)
+    active = jnp.where(converged[:, None], active, v <= lower + tol)
+    return v, active, count + jnp.max(extra)
+
+
+def project_to_dual_cone(gram: jax.Array, u: jax.Array) -> jax.Array:
+    """``argmin_{v >= u} v^T G v`` for a positive definite ``G`` (see
+    :func:`solve_dual_cone`)."""
+    return solve_dual_cone(gram, u[None])[0][0]
 
 
 def _regularised(gram, norm_eps, reg_eps):
@@ -81,19 +158,56 @@ def _preference(pref, m, dtype):
     return jnp.full(m, 1.0 / m, dtype) if pref is None else jnp.asarray(pref, dtype)
 
 
+def _dual_cone_weighting(bounds_fn, reduce, norm_eps, reg_eps) -> Weighting:
+    """A weighting that solves ``argmin_{v >= u} v^T G_reg v`` for the rows ``u`` of
+    ``bounds_fn(m, dtype)`` and reduces the solutions to the weights, warm-started from the
+    last step's active bounds (kept in the state once ``num_objectives`` is known)."""
+    def init(num_objectives, dtype):
+        rows = bounds_fn(num_objectives, dtype).shape[0] if num_objectives else 0
+        return DualConeState(jnp.zeros((rows, num_objectives or 0), bool),
+                             jnp.zeros((), jnp.int32))
+
+    def update(gram, state):
+        lower = bounds_fn(gram.shape[0], gram.dtype)
+        warm = state.active if state.active.shape == lower.shape else None
+        v, active, iterations = solve_dual_cone(_regularised(gram, norm_eps, reg_eps), lower,
+                                                warm)
+        if state.active.shape != lower.shape:
+            active = state.active  # no room for a warm start: num_objectives not given
+        return reduce(v), DualConeState(active, jnp.asarray(iterations, jnp.int32))
+
+    return Weighting(init, update)
+
+
+def _upgrad_bounds(pref):
+    return lambda m, dtype: jnp.diag(_preference(pref, m, dtype))
+
+
+def _dualproj_bounds(pref):
+    return lambda m, dtype: _preference(pref, m, dtype)[None]
+
+
+def upgrad_weighting(*, pref=None, norm_eps=1e-4, reg_eps=1e-4) -> Weighting:
+    """UPGrad's weighting: ``w = sum_i argmin_{v >= p_i e_i} v^T G v`` (warm-started)."""
+    return _dual_cone_weighting(_upgrad_bounds(pref), lambda v: jnp.sum(v, axis=0),
+                                norm_eps, reg_eps)
+
+
+def dualproj_weighting(*, pref=None, norm_eps=1e-4, reg_eps=1e-4) -> Weighting:
+    """DualProj's weighting: ``w = argmin_{v >= p} v^T G v`` (warm-started)."""
+    return _dual_cone_weighting(_dualproj_bounds(pref), lambda v: v[0], norm_eps, reg_eps)
+
+
 def upgrad_weights(gram, *, pref=None, norm_eps=1e-4, reg_eps=1e-4):
-    """UPGrad weights: ``sum_i argmin_{v >= p_i e_i} v^T G v``."""
-    m = gram.shape[0]
-    reg = _regularised(gram, norm_eps, reg_eps)
-    bounds = jnp.diag(_preference(pref, m, gram.dtype))
-    return jnp.sum(jax.vmap(lambda u: project_to_dual_cone(reg, u))(bounds), axis=0)
+    """UPGrad weights: ``sum_i argmin_{v >= p_i e_i} v^T G v`` (no warm start)."""
+    lower = _upgrad_bounds(pref)(gram.shape[0], gram.dtype)
+    return jnp.sum(solve_dual_cone(_regularised(gram, norm_eps, reg_eps), lower)[0], axis=0)
 
 
 def dualproj_weights(gram, *, pref=None, norm_eps=1e-4, reg_eps=1e-4):
-    """DualProj weights: ``argmin_{v >= p} v^T G v``."""
-    m = gram.shape[0]
-    return project_to_dual_cone(_regularised(gram, norm_eps, reg_eps),
-                                _preference(pref, m, gram.dtype))
+    """DualProj weights: ``argmin_{v >= p} v^T G v`` (no warm start)."""
+    lower = _dualproj_bounds(pref)(gram.shape[0], gram.dtype)
+    return solve_dual_cone(_regularised(gram, norm_eps, reg_eps), lower)[0][0]
 
 
 def upgrad(*, pref=None, norm_eps=1e-4, reg_eps=1e-4, num_objectives: int | None = None
@@ -101,17 +215,16 @@ def upgrad(*, pref=None, norm_eps=1e-4, reg_eps=1e-4, num_objectives: int | None
     """UPGrad: the sum of each (preference-weighted) gradient's projection onto the dual cone.
 
     Non-conflicting, linear under scaling, and equal to PCGrad for two objectives (with
-    ``pref = (1, 1)`` and no normalisation). See the module docstring.
+    ``pref = (1, 1)`` and no normalisation). See the module docstring. With
+    ``num_objectives`` the solver is warm-started from the last step's active bounds.
     """
-    return from_weighting(
-        lambda g: upgrad_weights(g, pref=pref, norm_eps=norm_eps, reg_eps=reg_eps),
-        num_objectives)
+    return from_weighting(upgrad_weighting(pref=pref, norm_eps=norm_eps, reg_eps=reg_eps),
+                          num_objectives)
 
 
 def dualproj(*, pref=None, norm_eps=1e-4, reg_eps=1e-4, num_objectives: int | None = None
              ) -> optax.GradientTransformation:
     """DualProj: the projection of the (preference-weighted) mean gradient onto the dual
     cone. Non-conflicting. See the module docstring."""
-    return from_weighting(
-        lambda g: dualproj_weights(g, pref=pref, norm_eps=norm_eps, reg_eps=reg_eps),
-        num_objectives)
+    return from_weighting(dualproj_weighting(pref=pref, norm_eps=norm_eps, reg_eps=reg_eps),
+                          num_objectives)

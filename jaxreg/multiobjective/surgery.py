@@ -9,10 +9,9 @@ import optax
 from jaxreg.multiobjective.base import (
     KeyedState,
     accumulation_dtype,
-    combine,
-    gramian,
+    from_weighting,
     initial_weights,
-    logged,
+    keyed,
 )
 
 
@@ -55,18 +54,9 @@ def pcgrad(*, seed: int = 0, num_objectives: int | None = None) -> optax.Gradien
     arXiv:2001.06782, Algorithm 1 (sum of the projected gradients). Matches torchjd
     ``PCGrad``.
     """
-    def init(params):
-        return KeyedState(initial_weights(num_objectives, accumulation_dtype(params)),
-                          jax.random.PRNGKey(seed))
-
-    def update(updates, state, params=None):
-        del params
-        gram = gramian(updates)
-        key, draw = jax.random.split(state.key)
-        weights = pcgrad_weights(gram, _orders(draw, gram.shape[0]))
-        return combine(weights, updates), KeyedState(logged(weights, state.weights), key)
-
-    return optax.GradientTransformation(init, update)
+    return from_weighting(
+        keyed(lambda gram, key: pcgrad_weights(gram, _orders(key, gram.shape[0])), seed),
+        num_objectives)
 
 
 def graddrop_direction(jacobian, uniform, *, leak=0.0):

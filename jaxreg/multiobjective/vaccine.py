@@ -19,26 +19,11 @@ Massively Multilingual Models" (ICLR 2021), arXiv:2010.05874. Matches torchjd ``
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import jax
 import jax.numpy as jnp
 import optax
 
-from jaxreg.multiobjective.base import (
-    accumulation_dtype,
-    check_objectives,
-    combine,
-    gramian,
-    initial_weights,
-    logged,
-)
-
-
-class GradVacState(NamedTuple):
-    weights: jax.Array
-    targets: jax.Array  # phi_hat, [m, m]
-    key: jax.Array
+from jaxreg.multiobjective.base import Weighting, check_objectives, from_weighting
 
 
 def gradvac_weights(gram, targets, orders, *, beta=0.5, eps=1e-8):
@@ -85,20 +70,16 @@ def gradvac(*, beta=0.5, eps=1e-8, seed: int = 0, num_objectives: int | None = N
         raise ValueError("gradvac keeps pairwise cosine targets: give `num_objectives`")
     m = num_objectives
 
-    def init(params):
-        dtype = accumulation_dtype(params)
-        return GradVacState(initial_weights(m, dtype), jnp.zeros((m, m), dtype),
-                            jax.random.PRNGKey(seed))
+    def init(num_objectives, dtype):
+        return jnp.zeros((m, m), dtype), jax.random.PRNGKey(seed)  # targets phi_hat, key
 
-    def update(updates, state, params=None):
-        del params
-        gram = gramian(updates)
+    def update(gram, state):
+        targets, key = state
         check_objectives("gradvac", m, gram.shape[0])
-        key, draw = jax.random.split(state.key)
+        key, draw = jax.random.split(key)
         orders = jax.vmap(lambda k: jax.random.permutation(k, m))(jax.random.split(draw, m))
-        weights, targets = gradvac_weights(gram, state.targets.astype(gram.dtype), orders,
+        weights, targets = gradvac_weights(gram, targets.astype(gram.dtype), orders,
                                            beta=beta, eps=eps)
-        return combine(weights, updates), GradVacState(
-            logged(weights, state.weights), targets.astype(state.targets.dtype), key)
+        return weights, (targets, key)
 
-    return optax.GradientTransformation(init, update)
+    return from_weighting(Weighting(init, update), m)

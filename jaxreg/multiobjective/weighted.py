@@ -9,15 +9,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxreg.multiobjective.base import (
-    KeyedState,
-    accumulation_dtype,
-    combine,
-    from_weighting,
-    initial_weights,
-    logged,
-)
-from jaxreg.multiobjective.base import num_objectives as count_objectives
+from jaxreg.multiobjective.base import from_weighting, keyed
 
 _EPS32 = float(jnp.finfo(jnp.float32).eps)
 
@@ -42,17 +34,10 @@ def random_weighting(*, seed: int = 0, num_objectives: int | None = None
     Multi-Task Learning" (2022), arXiv:2111.10603. Matches torchjd ``Random``; the key lives
     in the state, so runs are reproducible from ``seed``.
     """
-    def init(params):
-        return KeyedState(initial_weights(num_objectives, accumulation_dtype(params)),
-                          jax.random.PRNGKey(seed))
-
-    def update(updates, state, params=None):
-        del params
-        key, draw = jax.random.split(state.key)
-        weights = jax.nn.softmax(jax.random.normal(draw, (count_objectives(updates),)))
-        return combine(weights, updates), KeyedState(logged(weights, state.weights), key)
-
-    return optax.GradientTransformation(init, update)
+    return from_weighting(
+        keyed(lambda gram, key: jax.nn.softmax(jax.random.normal(key, (gram.shape[0],),
+                                                                 gram.dtype)), seed),
+        num_objectives)
 
 
 def imtl_g_weights(gram: jax.Array) -> jax.Array:

@@ -46,7 +46,7 @@ def test_warm_start_and_max_norm():
     assert np.linalg.norm(out) <= 1.0 + 1e-5  # max_norm
     again, state2 = _run(agg, J_BASE, state)  # warm start from the solution: unchanged
     np.testing.assert_allclose(again, out, rtol=1e-5)
-    np.testing.assert_allclose(state2.alpha, state.alpha, rtol=1e-5)
+    np.testing.assert_allclose(state2.inner, state.inner, rtol=1e-5)
     big, _ = _run(bargaining.nash_mtl(num_objectives=2, max_norm=100.0), 0.01 * J_BASE)
     gram = 1e-4 * J_BASE @ J_BASE.T
     alpha = np.linalg.lstsq(0.01 * J_BASE.T, big, rcond=None)[0]
