@@ -60,7 +60,8 @@ def trajectory(aggregator, steps=60, lr=0.05):
     optimizer = optax.sgd(lr)
     state = train.init_state({"x": jnp.array([0.0, 2.0])}, optimizer,
                              key=jax.random.PRNGKey(0), aggregator=aggregator)
-    step = jax.jit(train.make_step(objective, optimizer, aggregator=aggregator))
+    step = jax.jit(train.make_step(objective, optimizer, aggregator=aggregator,
+                                   gradient_metrics=True))
     points, rows = [np.asarray(state.params["x"])], []
     for _ in range(steps):
         state, metrics = step(state, {})

@@ -35,8 +35,9 @@ def random_weighting(*, seed: int = 0, num_objectives: int | None = None
     in the state, so runs are reproducible from ``seed``.
     """
     return from_weighting(
-        keyed(lambda gram, key: jax.nn.softmax(jax.random.normal(key, (gram.shape[0],),
-                                                                 gram.dtype)), seed),
+        # drawn in float32 whatever the dtype: the same weights under x64
+        keyed(lambda gram, key: jax.nn.softmax(
+            jax.random.normal(key, (gram.shape[0],)).astype(gram.dtype)), seed),
         num_objectives)
 
 

@@ -132,8 +132,8 @@ def grid(objective: Objective, optimizer: optax.GradientTransformation,
          perturbation: Perturbation | None = None,
          steps_per_epoch: int | None = None,
          on_epoch: Callable[[int, dict[str, np.ndarray]], None] | None = None,
-         progress: bool = True, desc: str = "grid", skip_nonfinite: bool = False
-         ) -> GridResult:
+         progress: bool = True, desc: str = "grid", skip_nonfinite: bool = False,
+         engine: str = "auto", gradient_metrics: bool = False) -> GridResult:
     """Trains every (configuration, seed) pair as one vmapped program.
 
     Args:
@@ -180,6 +180,7 @@ def grid(objective: Objective, optimizer: optax.GradientTransformation,
             finite, as ``make_step(..., skip_nonfinite=True)``; ``train/skipped`` is then the
             fraction of each epoch's steps skipped. Off, a NaN stays in that member's
             history and parameters (the other members are unaffected).
+        engine, gradient_metrics: as for ``make_step`` (with an ``aggregator``).
 
     Raises:
         ValueError: naming the argument, for an empty or ragged ``train_data``, ``epochs``
@@ -207,7 +208,8 @@ def grid(objective: Objective, optimizer: optax.GradientTransformation,
     plan = _plan(mesh, sharding, init_params, keys[0])
     step = make_step(objective, optimizer, aggregator=aggregator, representation=representation,
                      term_order=term_order, perturbation=perturbation, sharding=plan,
-                     skip_nonfinite=skip_nonfinite)
+                     skip_nonfinite=skip_nonfinite, engine=engine,
+                     gradient_metrics=gradient_metrics)
 
     def init_member(hp, key, own):
         init_key, train_key = jax.random.split(key)

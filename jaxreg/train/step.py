@@ -29,7 +29,8 @@ import jax.numpy as jnp
 import optax
 
 from jaxreg import objective as objective_lib
-from jaxreg.multiobjective.base import gramian
+from jaxreg.multiobjective import engine as engine_lib
+from jaxreg.multiobjective.base import gramian, weighting_of, weighting_update
 from jaxreg.optim.sharpness import Perturbation
 from jaxreg.train.sharding import ShardingPlan
 from jaxreg.train.state import TrainState, full_optimizer
@@ -68,20 +69,47 @@ def _all_finite(*trees) -> jax.Array:
     return finite
 
 
-def _stack(terms, names):
-    return jnp.stack([terms[n] for n in names])
-
-
-def _gramian_metrics(names, gram, agg_state) -> dict:
-    """Pairwise cosines of the terms' gradients, and the aggregator's weights if it logs them."""
-    norms = jnp.sqrt(jnp.maximum(jnp.diag(gram), 1e-30))
-    metrics = {f"cos/{names[i]},{names[j]}": gram[i, j] / (norms[i] * norms[j])
-               for i, j in combinations(range(len(names)), 2)}
-    metrics.update({f"grad_norm/{n}": norms[i] for i, n in enumerate(names)})
+def _gramian_metrics(names, gram, agg_state, gradient_metrics: bool) -> dict:
+    """The aggregator's weights if it logs them and its solver's iterations if it reports
+    them; with ``gradient_metrics`` also the pairwise cosines and norms of the terms'
+    gradients. Per-objective metrics only for named terms (``names`` is None when the
+    objectives are per-example)."""
+    metrics = {}
+    iterations = getattr(getattr(agg_state, "inner", None), "iterations", None)
+    if iterations is not None:
+        metrics["aggregator/iterations"] = iterations
+    if names is None:
+        return metrics
+    if gradient_metrics:
+        norms = jnp.sqrt(jnp.maximum(jnp.diag(gram), 1e-30))
+        metrics.update({f"cos/{names[i]},{names[j]}": gram[i, j] / (norms[i] * norms[j])
+                        for i, j in combinations(range(len(names)), 2)})
+        metrics.update({f"grad_norm/{n}": norms[i] for i, n in enumerate(names)})
     weights = getattr(agg_state, "weights", None)
     if weights is not None and weights.shape == (len(names),):
         metrics.update({f"weight/{n}": weights[i] for i, n in enumerate(names)})
     return metrics
+
+
+def _engine(engine: str, aggregator, representation) -> str:
+    """The engine a multi-objective step uses: ``engine``, checked, or for ``"auto"`` the
+    fastest valid one (``"layers"`` for an aggregator built from a weighting)."""
+    if engine not in ("auto", *engine_lib.ENGINES):
+        raise ValueError(f"`engine` must be 'auto' or one of {engine_lib.ENGINES}, got "
+                         f"{engine!r}")
+    if aggregator is None or representation is not None:
+        if engine not in ("auto", "jacobian"):
+            raise ValueError(f"engine={engine!r} computes the Gramian of several objectives: it "
+                             "needs an `aggregator` (and no `representation`)")
+        return "jacobian"
+    weighting = weighting_of(aggregator)
+    if engine == "auto":
+        return "jacobian" if weighting is None else "layers"
+    if engine != "jacobian" and weighting is None:
+        raise ValueError(f"engine={engine!r} gives the aggregator only the Gramian, but this "
+                         "aggregator needs the Jacobian itself (GradDrop, GradNorm, Bloop, "
+                         "M-ConFIG, MultiAdam): use engine='jacobian'")
+    return engine
 
 
 def make_step(objective: objective_lib.Objective, optimizer: optax.GradientTransformation,
@@ -92,6 +120,8 @@ def make_step(objective: objective_lib.Objective, optimizer: optax.GradientTrans
               perturbation: Perturbation | None = None,
               sharding: ShardingPlan | None = None,
               skip_nonfinite: bool = False,
+              engine: str = "auto",
+              gradient_metrics: bool = False,
               ) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
     """Returns ``step(state, batch) -> (state, metrics)``, pure and jit/vmap-safe.
 
@@ -133,10 +163,24 @@ def make_step(objective: objective_lib.Objective, optimizer: optax.GradientTrans
             0.0), so a bad batch costs one step instead of the run. Decided on device
             (jit/vmap/grid safe). The step's other metrics are those computed, NaN included.
 
+        engine: how a multi-objective step gets the Gramian and the update
+            (``jaxreg.multiobjective.engine``): ``"jacobian"`` (forms J; every aggregator),
+            ``"gramian"`` (leaf by leaf, memory O(m^2 + the largest leaf)), ``"layers"``
+            (from the inputs and output cotangents of the Flax Dense layers, no Jacobian) or
+            ``"auto"``: ``"layers"`` for an aggregator built from a weighting (UPGrad,
+            DualProj, MGDA, CAGrad, IMTL-G, Aligned-MTL, Nash-MTL, PCGrad, GradVac, ConFIG,
+            mean, sum, random), else ``"jacobian"``. A term given as
+            ``jaxreg.objective.per_example(losses)`` counts as one objective per example.
+        gradient_metrics: with an aggregator, also report the pairwise cosines and norms of
+            the terms' gradients (``cos/a,b``, ``grad_norm/a``; m(m+1)/2 scalars, so off by
+            default).
+
     Returns:
         The step. ``metrics`` holds ``"loss"`` (the sum of the weighted terms) and every
-        term; with an aggregator also ``cos/a,b`` (cosine of the gradients of terms a and b),
-        ``grad_norm/a`` and, when the aggregator logs them, ``weight/a``. With a
+        term (a per-example term as its mean); with an aggregator also ``weight/a`` when the
+        aggregator logs its weights, ``aggregator/iterations`` when its solver reports them
+        (UPGrad, DualProj), and with ``gradient_metrics`` ``cos/a,b`` (cosine of the
+        gradients of terms a and b) and ``grad_norm/a``. With a
         perturbation, the terms and ``"loss"`` are those at ``w`` (the per-example state
         too is updated from ``w``), and ``"perturbed_loss"`` and ``"perturbation_norm"``
         (``||delta||``) are added.
@@ -163,6 +207,8 @@ def make_step(objective: objective_lib.Objective, optimizer: optax.GradientTrans
                         f"{type(sharding).__name__}")
     if not isinstance(skip_nonfinite, bool):
         raise TypeError(f"`skip_nonfinite` must be a bool, got {skip_nonfinite!r}")
+    if not isinstance(gradient_metrics, bool):
+        raise TypeError(f"`gradient_metrics` must be a bool, got {gradient_metrics!r}")
     transform = full_optimizer(optimizer, aggregator)
 
     def like_params(tree, leading=0):
@@ -189,16 +235,36 @@ def make_step(objective: objective_lib.Objective, optimizer: optax.GradientTrans
         return updates, opt_state, metrics, new_rows, grads
 
     def per_term(state, batch, step_key, rows):
-        terms, jacobian, new_rows = objective_lib.term_gradients(
-            objective, state.params, batch, state.hparams, step_key, rows, order=term_order)
-        jacobian = like_params(jacobian, leading=1)
+        def stacked(params):
+            terms, new_rows = objective_lib.evaluate(objective, params, batch, state.hparams,
+                                                     step_key, rows)
+            return objective_lib.objective_vector(terms, term_order), (terms, new_rows)
+
+        def only_per_example(aux):  # one per-example term: objective b is row b's loss
+            terms = aux[0]
+            return objective_lib.has_per_example(terms) and len(terms) == 1
+
+        lin = engine_lib.linearize(stacked, state.params, engine=engine_name,
+                                   per_example=only_per_example)
+        terms, new_rows = lin.aux
+        names = (None if objective_lib.has_per_example(terms)
+                 else objective_lib.term_order(terms, term_order))
+        terms = objective_lib.scalar_terms(terms)
         loss = objective_lib.weighted_sum(terms)
-        names = objective_lib.term_order(terms, term_order)
-        updates, opt_state = transform.update(jacobian, state.opt_state, state.params,
-                                              value=loss, values=_stack(terms, names))
-        metrics = {"loss": loss, **terms,  # opt_state = (aggregator state, optimizer state)
-                   **_gramian_metrics(names, gramian(jacobian), opt_state[0])}
-        return updates, opt_state, metrics, new_rows, jacobian
+        if lin.jacobian is not None:
+            grads = like_params(lin.jacobian, leading=1)
+            updates, opt_state = transform.update(grads, state.opt_state, state.params,
+                                                  value=loss, values=lin.values)
+            agg_state = opt_state[0]  # opt_state = (aggregator state, optimizer state)
+        else:
+            agg_state, inner = state.opt_state
+            weights, agg_state = weighting_update(weighting_of(aggregator), lin.gram, agg_state)
+            grads = like_params(lin.combine(weights))
+            updates, inner = optimizer_only.update(grads, inner, state.params, value=loss)
+            opt_state = (agg_state, inner)
+        metrics = {"loss": loss, **terms,
+                   **_gramian_metrics(names, lin.gram, agg_state, gradient_metrics)}
+        return updates, opt_state, metrics, new_rows, grads
 
     def on_representation(state, batch, step_key, rows):
         features, encoder_vjp = jax.vjp(lambda p: representation(p, batch), state.params)
@@ -228,11 +294,13 @@ def make_step(objective: objective_lib.Objective, optimizer: optax.GradientTrans
         updates, opt_state = optimizer_only.update(grads, opt_state, state.params, value=loss)
         metrics = {"loss": loss, **terms,
                    **_gramian_metrics(objective_lib.term_order(terms, term_order),
-                                      gramian(feature_jacobian), agg_state)}
+                                      gramian(feature_jacobian), agg_state,
+                                      gradient_metrics)}
         return updates, (agg_state, opt_state), metrics, new_rows, (feature_jacobian, grads)
 
+    engine_name = _engine(engine, aggregator, representation)
+    optimizer_only = optax.with_extra_args_support(optimizer)
     if representation is not None:
-        optimizer_only = optax.with_extra_args_support(optimizer)
         update_fn = on_representation
     else:
         update_fn = per_term if aggregator is not None else summed

@@ -81,7 +81,8 @@ def test_aggregators_on_grid_times_data(name, devices):
     """The aggregator's state (PCGrad's key, Nash-MTL's warm start) lives with its
     configuration, and the result is the one-device result."""
     mesh = sharding.make_mesh(grid=4, data=2)
-    result = _compare(mesh, objective=two_tasks, aggregator=getattr(mo, name)(num_objectives=2))
+    result = _compare(mesh, objective=two_tasks, aggregator=getattr(mo, name)(num_objectives=2),
+                      gradient_metrics=True)
     assert "train/cos/ce,reconstruction" in result.history
 
 

@@ -245,7 +245,7 @@ def test_fit_with_a_skipping_step_drops_the_bad_batches():
 
 def test_nonfinite_error_names_terms_not_diagnostics():
     unit = from_weighting(lambda g: jnp.ones(g.shape[0]), num_objectives=2)
-    step = train.make_step(_two_terms, OPT, aggregator=unit)  # logs cos/ and grad_norm/
+    step = train.make_step(_two_terms, OPT, aggregator=unit, gradient_metrics=True)
     state = train.init_state({"w": jnp.zeros(3)}, OPT, key=jax.random.PRNGKey(0),
                              aggregator=unit)
     with pytest.raises(train.NonFiniteError, match="at step 3: mse is NaN") as info:

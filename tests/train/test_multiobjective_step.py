@@ -43,7 +43,8 @@ def test_per_term_step_with_unit_weights_equals_summed_step_from_one_forward():
     params, batch = _setup()
     ones = from_weighting(lambda g: jnp.ones(g.shape[0]), num_objectives=2)
     CALLS.clear()
-    multi, metrics = jax.jit(train.make_step(_objective, optax.sgd(0.1), aggregator=ones))(
+    multi, metrics = jax.jit(train.make_step(_objective, optax.sgd(0.1), aggregator=ones,
+                                             gradient_metrics=True, engine="jacobian"))(
         _state(params, ones), batch)
     assert len(CALLS) == 1  # one forward pass for both terms' gradients
     plain, _ = jax.jit(train.make_step(_objective, optax.sgd(0.1)))(_state(params), batch)
@@ -60,7 +61,8 @@ def test_per_term_step_with_unit_weights_equals_summed_step_from_one_forward():
 def test_representation_mode_is_mgda_ub():
     params, batch = _setup()
     fixed = from_weighting(lambda g: jnp.asarray([0.2, 0.8]), num_objectives=2)  # cls, reg
-    step = train.make_step(_objective, optax.sgd(0.1), aggregator=fixed, representation=_encode)
+    step = train.make_step(_objective, optax.sgd(0.1), aggregator=fixed, representation=_encode,
+                           gradient_metrics=True)
     new, metrics = jax.jit(step)(_state(params, fixed), batch)
     expected = jax.grad(lambda p: 0.2 * _objective(p, batch, {}, None)["cls"]
                         + 0.8 * _objective(p, batch, {}, None)["reg"])(params)

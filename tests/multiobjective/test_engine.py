@@ -1,0 +1,148 @@
+"""The engines give the Jacobian path's Gramian and update without forming the Jacobian:
+on an MLP (every layer captured), a sequence model with a shared layer and a LayerNorm (the
+positions form, and the fallback for what is not captured) and a CNN (convolutions fall
+back), for multi-task, per-example (IWRM) and mixed objectives."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from jaxreg import models, train
+from jaxreg import objective as objective_lib
+from jaxreg.multiobjective import engine as engine_lib
+from jaxreg.multiobjective import graddrop, mean, upgrad
+
+
+class Sequence(nn.Module):
+    """Dense on [B, T, d] (positions), a Dense called twice (shared), a LayerNorm."""
+
+    @nn.compact
+    def __call__(self, x):
+        h = nn.relu(nn.Dense(12)(x))  # [B, T, 12]
+        shared = nn.Dense(12, use_bias=False)
+        h = shared(nn.LayerNorm()(h)) + shared(h)
+        return nn.Dense(5)(h.mean(axis=1))
+
+
+def _mlp():
+    model = models.mlp((6,), 5, hidden=(16, 8))
+    return model.init, model.apply, (6,)
+
+
+def _sequence():
+    module = Sequence()
+    return (lambda key: module.init(key, jnp.zeros((1, 3, 4)))), module.apply, (3, 4)
+
+
+def _cnn():
+    model = models.cnn((6, 6, 1), 5, channels=(4,))
+    return model.init, model.apply, (6, 6, 1)
+
+
+MODELS = {"mlp": _mlp, "sequence": _sequence, "cnn": _cnn}
+
+
+def _objective(apply, kind):
+    def fn(params, x, y):
+        ce = optax.losses.softmax_cross_entropy_with_integer_labels(apply(params, x), y)
+        if kind == "tasks":
+            return {"a": ce[:3].mean(), "b": ce[3:].mean(), "c": jnp.mean(ce ** 2)}
+        if kind == "per_example":
+            return {"ce": objective_lib.per_example(ce)}
+        return {"ce": objective_lib.per_example(ce), "l2": 1e-2 * optax.tree.norm(params)}
+    return fn
+
+
+def _linearized(model, kind, engine, batch=7):
+    init, apply, shape = MODELS[model]()
+    params = init(jax.random.PRNGKey(0))
+    rng = np.random.default_rng(1)
+    x = jnp.asarray(rng.normal(size=(batch, *shape)), jnp.float32)
+    y = jnp.asarray(rng.integers(0, 5, batch))
+    objective = _objective(apply, kind)
+
+    def fn(p):
+        terms = objective(p, x, y)
+        return objective_lib.objective_vector(terms), None
+
+    per_example = kind == "per_example"
+    return engine_lib.linearize(fn, params, engine=engine, per_example=per_example), params
+
+
+@pytest.mark.filterwarnings("ignore:engine='layers'")
+@pytest.mark.parametrize("kind", ["tasks", "per_example", "mixed"])
+@pytest.mark.parametrize("model", list(MODELS))
+@pytest.mark.parametrize("engine", ["gramian", "layers"])
+def test_gramian_and_update_equal_the_jacobian_path(engine, model, kind):
+    reference, params = _linearized(model, kind, "jacobian")
+    got, _ = _linearized(model, kind, engine)
+    np.testing.assert_allclose(got.values, reference.values, rtol=1e-6)
+    scale = float(jnp.max(jnp.abs(reference.gram)))
+    np.testing.assert_allclose(got.gram, reference.gram, atol=2e-5 * scale, rtol=1e-4)
+    w = jnp.asarray(np.random.default_rng(2).normal(size=reference.values.shape), jnp.float32)
+    for a, b in zip(jax.tree.leaves(got.combine(w)), jax.tree.leaves(reference.combine(w))):
+        np.testing.assert_allclose(a, b, atol=2e-5 * float(jnp.max(jnp.abs(b))) + 1e-7,
+                                   rtol=1e-4)
+    assert got.jacobian is None and reference.jacobian is not None
+
+
+def test_layers_warns_once_about_what_it_does_not_capture(monkeypatch):
+    monkeypatch.setattr(engine_lib, "_WARNED", set())  # earlier tests saw this model
+    with pytest.warns(UserWarning, match=r"Dense_1.*LayerNorm") as record:
+        _linearized("sequence", "tasks", "layers", batch=5)
+        _linearized("sequence", "tasks", "layers", batch=5)
+    assert len(record) == 1
+    assert "Dense_0" not in str(record[0].message)  # the first layer is captured
+
+
+def _step_result(engine, objective, aggregator, params, batch):
+    opt = optax.sgd(0.1)
+    step = jax.jit(train.make_step(objective, opt, aggregator=aggregator, engine=engine))
+    state = train.init_state(params, opt, key=jax.random.PRNGKey(0), aggregator=aggregator)
+    state, metrics = step(state, batch)
+    state, metrics = step(state, batch)  # the warm-started second step too
+    return state, metrics
+
+
+def test_make_step_engines_agree_for_iwrm_with_upgrad():
+    model = models.mlp((6,), 5, hidden=(16,))
+    params = model.init(jax.random.PRNGKey(0))
+    rng = np.random.default_rng(0)
+    batch = {"x": jnp.asarray(rng.normal(size=(16, 6)), jnp.float32),
+             "y": jnp.asarray(rng.integers(0, 5, 16))}
+
+    def objective(p, b, h, k):
+        ce = optax.losses.softmax_cross_entropy_with_integer_labels(model.apply(p, b["x"]),
+                                                                    b["y"])
+        return {"ce": objective_lib.per_example(ce)}
+
+    agg = upgrad(num_objectives=16)
+    results = {e: _step_result(e, objective, agg, params, batch)
+               for e in ("jacobian", "gramian", "layers", "auto")}
+    reference, metrics = results["jacobian"]
+    assert set(metrics) == {"loss", "ce", "aggregator/iterations"}  # nothing per example
+    for engine, (state, m) in results.items():
+        for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(reference.params)):
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6, err_msg=engine)
+        np.testing.assert_allclose(m["ce"], metrics["ce"], rtol=1e-6)
+    # with the mean weighting, IWRM is ERM: the summed step on the mean loss, per engine
+    summed, _ = _step_result("auto", objective, None, params, batch)
+    for engine in ("jacobian", "layers"):
+        state, _ = _step_result(engine, objective, mean(num_objectives=16), params, batch)
+        for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(summed.params)):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7, err_msg=engine)
+
+
+def test_engine_arguments_are_checked():
+    obj = lambda p, b, h, k: {"a": p["w"].sum(), "b": (p["w"] ** 2).sum()}  # noqa: E731
+    with pytest.raises(ValueError, match="`engine` must be"):
+        train.make_step(obj, optax.sgd(0.1), aggregator=upgrad(), engine="autogram")
+    with pytest.raises(ValueError, match="needs the Jacobian itself"):
+        train.make_step(obj, optax.sgd(0.1), aggregator=graddrop(), engine="layers")
+    with pytest.raises(ValueError, match="needs an `aggregator`"):
+        train.make_step(obj, optax.sgd(0.1), engine="gramian")
+    with pytest.raises(ValueError, match="per_example"):
+        objective_lib.per_example(jnp.ones((2, 2)))
