@@ -51,7 +51,7 @@ def _bargaining(power_fn, max_norm, iterations, num_objectives, name):
     def init(num_objectives, dtype):
         return jnp.ones(m, dtype)  # the last solution for the normalised Gramian (warm start)
 
-    def update(gram, alpha_n):
+    def update(gram, alpha_n, values=None):
         check_objectives(name, m, gram.shape[0])
         # ||G||_F computed without squaring tiny entries (float32 underflows below 1e-38)
         peak = jnp.maximum(jnp.max(jnp.abs(gram)), jnp.finfo(gram.dtype).tiny)

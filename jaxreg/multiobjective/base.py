@@ -97,30 +97,36 @@ def logged(weights: jax.Array, previous: jax.Array) -> jax.Array:
 
 
 class Weighting(NamedTuple):
-    """A weighting: the objectives' weights ``w`` from their ``[m, m]`` Gramian alone.
+    """A weighting: the objectives' weights ``w`` from their ``[m, m]`` Gramian (and, for the
+    loss-weighting methods, their values) alone.
 
-    ``init(num_objectives, dtype) -> state`` and ``update(gram, state) -> (weights, state)``,
-    both jittable; ``state`` is what the method carries between steps (``()`` for most; a
-    PRNG key for random orders, a warm start for an iterative solver, EMA targets for GradVac).
-    ``num_objectives`` may be None for methods whose state does not depend on it.
+    ``init(num_objectives, dtype) -> state`` and ``update(gram, state, values) -> (weights,
+    state)``, both jittable; ``state`` is what the method carries between steps (``()`` for
+    most; a PRNG key for random orders, a warm start for an iterative solver, EMA targets for
+    GradVac, loss histories for DWA and FAMO); ``values`` are the m objectives' values at this
+    step (None where the caller has none). ``num_objectives`` may be None for methods whose
+    state does not depend on it. ``uses_gramian=False`` marks a weighting that reads only the
+    values (a scalarization): the train step then skips the Gramian and takes one backward
+    pass of ``w^T f``.
 
     An aggregator built from a weighting (:func:`from_weighting`) gives ``J^T w``; the train
     step can also get ``w`` without ever forming ``J`` (``make_step(engine="gramian")``).
     """
     init: Callable[[int | None, jnp.dtype], Any]
-    update: Callable[[jax.Array, Any], tuple[jax.Array, Any]]
+    update: Callable[[jax.Array | None, Any, jax.Array | None], tuple[jax.Array, Any]]
+    uses_gramian: bool = True
 
 
 def stateless(weights_fn: Callable[[jax.Array], jax.Array]) -> Weighting:
     """The :class:`Weighting` of a pure function ``gram -> weights``."""
     return Weighting(lambda num_objectives, dtype: (),
-                     lambda gram, state: (weights_fn(gram), state))
+                     lambda gram, state, values=None: (weights_fn(gram), state))
 
 
 def keyed(weights_fn: Callable[[jax.Array, jax.Array], jax.Array], seed: int) -> Weighting:
     """The :class:`Weighting` of ``(gram, key) -> weights`` drawing a fresh key each call from
     a key kept in the state (seeded by ``seed``), so runs are reproducible."""
-    def update(gram, key):
+    def update(gram, key, values=None):
         key, draw = jax.random.split(key)
         return weights_fn(gram, draw), key
 
@@ -147,11 +153,11 @@ def weighting_of(aggregator) -> Weighting | None:
         return None
 
 
-def weighting_update(weighting: Weighting, gram: jax.Array, state: WeightingState
-                     ) -> tuple[jax.Array, WeightingState]:
-    """One call of ``weighting`` on ``gram`` inside an aggregator's state: ``(weights, new
-    state)``, the logged weights and the inner state kept in their dtypes."""
-    weights, inner = weighting.update(gram, state.inner)
+def weighting_update(weighting: Weighting, gram: jax.Array | None, state: WeightingState,
+                     values: jax.Array | None = None) -> tuple[jax.Array, WeightingState]:
+    """One call of ``weighting`` on ``gram`` (and ``values``) inside an aggregator's state:
+    ``(weights, new state)``, the logged weights and the inner state kept in their dtypes."""
+    weights, inner = weighting.update(gram, state.inner, values)
     inner = jax.tree.map(lambda new, old: new.astype(jnp.result_type(old)), inner, state.inner)
     return weights, WeightingState(logged(weights, state.weights), inner)
 
@@ -175,10 +181,11 @@ def from_weighting(weighting: Weighting | Callable[[jax.Array], jax.Array],
         return WeightingState(initial_weights(num_objectives, dtype),
                               weighting.init(num_objectives, dtype))
 
-    def update(updates, state, params=None):
-        del params
-        weights, state = weighting_update(weighting, gramian(updates), state)
+    def update(updates, state, params=None, *, values=None, **extra_args):
+        del params, extra_args
+        gram = gramian(updates) if weighting.uses_gramian else None
+        weights, state = weighting_update(weighting, gram, state, values)
         return combine(weights, updates), state
 
     _WEIGHTING_OF[update] = weighting
-    return optax.GradientTransformation(init, update)
+    return optax.GradientTransformationExtraArgs(init, update)

@@ -167,7 +167,7 @@ def _dual_cone_weighting(bounds_fn, reduce, norm_eps, reg_eps) -> Weighting:
         return DualConeState(jnp.zeros((rows, num_objectives or 0), bool),
                              jnp.zeros((), jnp.int32))
 
-    def update(gram, state):
+    def update(gram, state, values=None):
         lower = bounds_fn(gram.shape[0], gram.dtype)
         warm = state.active if state.active.shape == lower.shape else None
         v, active, iterations = solve_dual_cone(_regularised(gram, norm_eps, reg_eps), lower,

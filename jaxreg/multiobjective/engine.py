@@ -48,7 +48,7 @@ class Linearized(NamedTuple):
     Attributes:
         values: the m objectives.
         aux: ``fn``'s auxiliary output.
-        gram: their ``[m, m]`` Gramian, in float32 or wider.
+        gram: their ``[m, m]`` Gramian, in float32 or wider (None from ``values_engine``).
         combine: ``w -> J^T w``, a pytree like ``params``.
         jacobian: J (leaves ``[m, *shape]``) for the ``"jacobian"`` engine, else None.
     """
@@ -72,6 +72,13 @@ def jacobian_engine(fn, params) -> Linearized:
     values, vjp_fn, aux = jax.vjp(fn, params, has_aux=True)
     (jacobian,) = jax.vmap(vjp_fn)(_basis(values))
     return Linearized(values, aux, gramian(jacobian), lambda w: combine(w, jacobian), jacobian)
+
+
+def values_engine(fn, params) -> Linearized:
+    """No Gramian (``gram`` is None), for weightings of the values alone: the update
+    ``J^T w`` is one VJP with cotangent w."""
+    values, vjp_fn, aux = jax.vjp(fn, params, has_aux=True)
+    return Linearized(values, aux, None, lambda w: vjp_fn(w.astype(values.dtype))[0])
 
 
 def gramian_engine(fn, params) -> Linearized:
@@ -327,6 +334,8 @@ def linearize(fn, params, *, engine: str, per_example: Callable[[Any], bool] | b
         return jacobian_engine(fn, params)
     if engine == "gramian":
         return gramian_engine(fn, params)
+    if engine == "values":
+        return values_engine(fn, params)
     if engine == "layers":
         return layers_engine(fn, params, per_example=per_example)
     raise ValueError(f"`engine` must be one of {ENGINES} (or 'auto'), got {engine!r}")

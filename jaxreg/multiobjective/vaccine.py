@@ -73,7 +73,7 @@ def gradvac(*, beta=0.5, eps=1e-8, seed: int = 0, num_objectives: int | None = N
     def init(num_objectives, dtype):
         return jnp.zeros((m, m), dtype), jax.random.PRNGKey(seed)  # targets phi_hat, key
 
-    def update(gram, state):
+    def update(gram, state, values=None):
         targets, key = state
         check_objectives("gradvac", m, gram.shape[0])
         key, draw = jax.random.split(key)

@@ -103,6 +103,8 @@ def _engine(engine: str, aggregator, representation) -> str:
                              "needs an `aggregator` (and no `representation`)")
         return "jacobian"
     weighting = weighting_of(aggregator)
+    if weighting is not None and not weighting.uses_gramian and engine != "jacobian":
+        return "values"  # a scalarization: one backward pass of w^T f, whatever the engine
     if engine == "auto":
         return "jacobian" if weighting is None else "layers"
     if engine != "jacobian" and weighting is None:
@@ -258,12 +260,14 @@ def make_step(objective: objective_lib.Objective, optimizer: optax.GradientTrans
             agg_state = opt_state[0]  # opt_state = (aggregator state, optimizer state)
         else:
             agg_state, inner = state.opt_state
-            weights, agg_state = weighting_update(weighting_of(aggregator), lin.gram, agg_state)
+            weights, agg_state = weighting_update(weighting_of(aggregator), lin.gram, agg_state,
+                                                  lin.values)
             grads = like_params(lin.combine(weights))
             updates, inner = optimizer_only.update(grads, inner, state.params, value=loss)
             opt_state = (agg_state, inner)
         metrics = {"loss": loss, **terms,
-                   **_gramian_metrics(names, lin.gram, agg_state, gradient_metrics)}
+                   **_gramian_metrics(names, lin.gram, agg_state,
+                                      gradient_metrics and lin.gram is not None)}
         return updates, opt_state, metrics, new_rows, grads
 
     def on_representation(state, batch, step_key, rows):
