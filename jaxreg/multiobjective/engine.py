@@ -10,9 +10,11 @@ engines give both, equal to float32 rounding (``jaxreg.train.make_step(..., engi
 - ``"gramian"``: G accumulated one parameter leaf at a time (the vmapped VJP restricted to
   that leaf, its block ``J_l J_l^T`` added before the next leaf's is computed), so memory is
   O(m^2 + the largest block); the update is one more VJP, with cotangent w. Any function.
-- ``"layers"``: the ``flax.linen.Dense`` layers the function calls are captured by method
-  interception. For a layer with inputs A (rows n) and output cotangents ``D_t`` of
-  objective t, objective t's gradient is ``A^T D_t`` (kernel) and ``sum_n D_t`` (bias), so
+- ``"layers"``: the ``flax.linen`` Dense, Conv and Embed layers the function calls are
+  captured by method interception. For a layer with inputs A (rows n: examples, and
+  positions of a sequence or an image; for a convolution its input patches, for an
+  embedding the one-hot token ids) and output cotangents ``D_t`` of objective t,
+  objective t's gradient is ``A^T D_t`` (kernel) and ``sum_n D_t`` (bias), so
 
       G_ts = sum_layers <D_t, (A A^T + 1) D_s>,     update = A^T (sum_t w_t D_t),
 
@@ -22,7 +24,8 @@ engines give both, equal to float32 rounding (``jaxreg.train.make_step(..., engi
   ``jaxreg.objective.per_example``: objective b is example b's loss and depends on batch row
   b only) one backward pass gives all of them, and ``G = (A A^T + 1) * (D D^T)`` per layer
   (its per-example sum over the positions of a sequence otherwise). Parameters outside
-  captured layers (a Dense layer called twice, other layer types) get their blocks as in
+  captured layers (a layer called twice or also used elsewhere, such as a tied embedding or
+  a weight penalty; other layer types such as LayerNorm) get their blocks as in
   ``"jacobian"``, and a warning says which, once.
 
 Each engine returns a :class:`Linearized`.
@@ -102,43 +105,84 @@ def gramian_engine(fn, params) -> Linearized:
     return Linearized(values, aux, gram, update)
 
 
-class _DenseCall(NamedTuple):
-    kernel: int  # leaf indices in the parameters
+class _Layer(NamedTuple):
+    """A captured layer call: its kind, the leaf indices of its kernel (or embedding table)
+    and bias, and its output's shape."""
+    kind: str  # "dense", "conv" or "embed"
+    kernel: int
     bias: int | None
     output: jax.ShapeDtypeStruct
 
 
-def _is_dense(context) -> bool:
+def _kind(context) -> str | None:
+    """The kind of a ``flax.linen`` call the engine can capture exactly, else None: plain
+    ``Dense``; ``Conv`` with shared weights, one batch axis, no mask, no feature groups, no
+    input dilation, zero padding and lax's own convolution; ``Embed`` lookups."""
     import flax.linen as nn
 
-    module = context.module
-    return (type(module) is nn.Dense and context.method_name == "__call__"
-            and module.dot_general is None and module.dot_general_cls is None)
+    module, method = context.module, context.method_name
+    if type(module) is nn.Dense and method == "__call__":
+        ok = module.dot_general is None and module.dot_general_cls is None
+        return "dense" if ok else None
+    if type(module) is nn.Conv and method == "__call__":
+        ok = (module.shared_weights and module.feature_group_count == 1
+              and module.mask is None and module.conv_general_dilated is None
+              and module.conv_general_dilated_cls is None
+              and all(d == 1 for d in _broadcast(module.input_dilation, module))
+              and not (isinstance(module.padding, str)
+                       and module.padding.upper() in ("CIRCULAR", "REFLECT", "CAUSAL")))
+        return "conv" if ok else None
+    if type(module) is nn.Embed and method == "__call__":
+        return "embed" if module.num_embeddings > 1 else None
+    return None
 
 
-def _dense_calls(fn, params) -> list[_DenseCall | None]:
-    """The plain ``nn.Dense`` calls of ``fn(params)`` in call order, each with the leaf
-    indices of its kernel and bias and its output's shape (None for a call whose parameters
-    are not leaves of ``params``, or with a custom ``dot_general``); one abstract trace."""
+def _is_layer(context) -> bool:
     import flax.linen as nn
 
-    calls: list[_DenseCall | None] = []
+    return (type(context.module) in (nn.Dense, nn.Conv, nn.Embed)
+            and context.method_name == "__call__")
+
+
+def _kernel_size(module) -> tuple[int, ...]:
+    size = module.kernel_size
+    return (size,) if isinstance(size, int) else tuple(size)
+
+
+def _broadcast(value, module) -> tuple[int, ...]:
+    n = len(_kernel_size(module))
+    value = 1 if value is None else value
+    return (value,) * n if isinstance(value, int) else tuple(value)
+
+
+def _layer_calls(fn, params) -> list[_Layer | None]:
+    """The Dense, Conv and Embed calls of ``fn(params)`` in call order, each with its kind,
+    the leaf indices of its parameters and its output's shape (None for a call the engine
+    cannot capture); one abstract trace."""
+    import flax.linen as nn
+
+    calls: list[_Layer | None] = []
 
     def traced(p):
         ids = {id(leaf): i for i, leaf in enumerate(jax.tree.leaves(p))}
 
         def interceptor(next_fun, args, kwargs, context):
-            if type(context.module) is nn.Dense and context.method_name == "__call__":
-                own = context.module.variables.get("params", {})
-                kernel = ids.get(id(own.get("kernel")))
-                bias = ids.get(id(own.get("bias"))) if "bias" in own else None
-                ok = (_is_dense(context) and kernel is not None
-                      and ("bias" not in own or bias is not None))
-                out = next_fun(*args, **kwargs)
-                shape = jax.ShapeDtypeStruct(jnp.shape(out), jnp.result_type(out))
-                calls.append(_DenseCall(kernel, bias, shape) if ok else None)
-                return out
-            return next_fun(*args, **kwargs)
+            if not _is_layer(context):
+                return next_fun(*args, **kwargs)
+            kind = _kind(context)
+            own = context.module.variables.get("params", {})
+            name = "embedding" if kind == "embed" else "kernel"
+            kernel = ids.get(id(own.get(name)))
+            bias = ids.get(id(own.get("bias"))) if "bias" in own else None
+            x = args[0]
+            if kind == "conv" and jnp.ndim(x) != len(_kernel_size(context.module)) + 2:
+                kind = None  # several batch axes: flax reshapes them; not captured
+            ok = kind is not None and kernel is not None and ("bias" not in own
+                                                              or bias is not None)
+            out = next_fun(*args, **kwargs)
+            shape = jax.ShapeDtypeStruct(jnp.shape(out), jnp.result_type(out))
+            calls.append(_Layer(kind, kernel, bias, shape) if ok else None)
+            return out
 
         with nn.intercept_methods(interceptor):
             return fn(p)
@@ -147,32 +191,66 @@ def _dense_calls(fn, params) -> list[_DenseCall | None]:
     return calls
 
 
+def _conv_patches(module, x):
+    """The input patches of a captured convolution, ``[B, *out_spatial, C * prod(k)]``
+    (channel-major), so that ``conv(x, W) = patches @ flat(W)``."""
+    from flax.linen.linear import _conv_dimension_numbers, canonicalize_padding
+
+    kernel_size = _kernel_size(module)
+    padding = canonicalize_padding(module.padding, len(kernel_size))
+    return jax.lax.conv_general_dilated_patches(
+        x, kernel_size, _broadcast(module.strides, module), padding,
+        rhs_dilation=_broadcast(module.kernel_dilation, module),
+        dimension_numbers=_conv_dimension_numbers(x.shape), precision=module.precision)
+
+
+def _flat_kernel(kernel):
+    """A convolution kernel ``[*k, C, out]`` as the ``[C * prod(k), out]`` matrix of the
+    patches (channel-major)."""
+    n = kernel.ndim - 2
+    return jnp.moveaxis(kernel, n, 0).reshape(-1, kernel.shape[-1])
+
+
+def _unflat_kernel(flat, shape):
+    """The inverse of :func:`_flat_kernel` for a kernel of ``shape``."""
+    n = len(shape) - 2
+    return jnp.moveaxis(flat.reshape(shape[n], *shape[:n], shape[-1]), 0, n)
+
+
 def _run_captured(fn, params, captured, constants, on_output, inputs):
-    """``fn(params)`` with each captured Dense call k computed as flax's ``Dense.__call__``
-    does, but from the ``constants`` leaves (so no gradient reaches its kernel and bias
-    through it), its output y replaced by ``on_output(k, y)`` (adding a zero probe whose
-    cotangent is ``D``) and its input stored in ``inputs[k]``."""
+    """``fn(params)`` with each captured layer call k computed from the ``constants`` leaves
+    (so no gradient reaches its parameters through it) as flax computes it: a Dense as
+    ``x W + b``, a Conv as ``patches(x) flat(W) + b``, an Embed as a lookup. The output y is
+    replaced by ``on_output(k, y)`` (adding a zero probe whose cotangent is ``D``), and what
+    multiplies the kernel (x, the patches, the token ids) is stored in ``inputs[k]``."""
     import flax.linen as nn
 
     counter = [0]
 
     def interceptor(next_fun, args, kwargs, context):
-        if not (type(context.module) is nn.Dense and context.method_name == "__call__"):
+        if not _is_layer(context):
             return next_fun(*args, **kwargs)
         k = counter[0]
         counter[0] += 1
         if k not in captured:
             return next_fun(*args, **kwargs)
-        module, call = context.module, captured[k]
+        module, layer = context.module, captured[k]
         x = args[0]
-        bias = None if call.bias is None else constants[call.bias]
-        x_, kernel, bias = module.promote_dtype(x, constants[call.kernel], bias,
-                                                dtype=module.dtype)
-        y = jax.lax.dot_general(x_, kernel, (((x_.ndim - 1,), (0,)), ((), ())),
+        if layer.kind == "embed":
+            (table,) = module.promote_dtype(constants[layer.kernel], dtype=module.dtype,
+                                            inexact=False)
+            inputs[k] = x
+            return on_output(k, jnp.take(table, x, axis=0))
+        bias = None if layer.bias is None else constants[layer.bias]
+        x, kernel, bias = module.promote_dtype(x, constants[layer.kernel], bias,
+                                               dtype=module.dtype)
+        if layer.kind == "conv":
+            x, kernel = _conv_patches(module, x), _flat_kernel(kernel)
+        y = jax.lax.dot_general(x, kernel, (((x.ndim - 1,), (0,)), ((), ())),
                                 precision=module.precision)
         if bias is not None:
             y = y + jnp.reshape(bias, (1,) * (y.ndim - 1) + (-1,))
-        inputs[k] = x_
+        inputs[k] = x
         return on_output(k, y)
 
     with nn.intercept_methods(interceptor):
@@ -182,7 +260,7 @@ def _run_captured(fn, params, captured, constants, on_output, inputs):
 def _used_elsewhere(fn, treedef, leaves, captured) -> set[int]:
     """The captured leaves that ``fn`` also uses outside their layer (a weight penalty, a
     tied embedding): found in the jaxpr of ``fn`` with the layers computed from constants."""
-    owned = sorted({i for call in captured.values() for i in (call.kernel, call.bias)
+    owned = sorted({i for layer in captured.values() for i in (layer.kernel, layer.bias)
                     if i is not None})
 
     def traced(owned_leaves):
@@ -204,18 +282,17 @@ def _warn_once(names: list[str]) -> None:
     key = tuple(names)
     if key not in _WARNED:
         _WARNED.add(key)
-        warnings.warn("engine='layers': these parameters are outside captured nn.Dense layers "
-                      f"and get their Jacobian blocks by vmapped VJPs: {', '.join(names)}",
-                      stacklevel=4)
+        warnings.warn("engine='layers': these parameters are outside captured Dense, Conv "
+                      "and Embed layers and get their Jacobian blocks by vmapped VJPs: "
+                      f"{', '.join(names)}", stacklevel=4)
 
 
 def layers_engine(fn, params, *, per_example: Callable[[Any], bool] | bool = False
                   ) -> Linearized:
-    """G from the captured Dense layers' inputs and output cotangents (see the module
-    docstring). ``per_example`` (or ``per_example(aux)``): objective b is the loss of batch
-    row b alone."""
+    """G from the captured layers' inputs and output cotangents (see the module docstring).
+    ``per_example`` (or ``per_example(aux)``): objective b is the loss of batch row b alone."""
     leaves, treedef = jax.tree.flatten(params)
-    calls = _dense_calls(fn, params)
+    calls = _layer_calls(fn, params)
     uses: dict[int, int] = {}
     for call in calls:
         if call is not None:
@@ -225,8 +302,7 @@ def layers_engine(fn, params, *, per_example: Callable[[Any], bool] | bool = Fal
     # a layer is captured when it is called once, its leaves serve no other call, and the
     # function uses them nowhere else
     captured = {k: call for k, call in enumerate(calls) if call is not None
-                and uses[call.kernel] == 1 and (call.bias is None or uses[call.bias] == 1)
-                and jnp.ndim(leaves[call.kernel]) == 2}
+                and uses[call.kernel] == 1 and (call.bias is None or uses[call.bias] == 1)}
     if captured:
         elsewhere = _used_elsewhere(fn, treedef, leaves, captured)
         captured = {k: c for k, c in captured.items()
@@ -264,17 +340,20 @@ def layers_engine(fn, params, *, per_example: Callable[[Any], bool] | bool = Fal
     gram = gramian(rest_jacobian) if rest else jnp.zeros(
         (m, m), jnp.promote_types(values.dtype, jnp.float32))
     layers = {}
-    for k, call in captured.items():
-        a, d = _wide(inputs[k]), _wide(cotangents[k])
-        bias = 0.0 if call.bias is None else 1.0
+    for k, layer in captured.items():
+        a, d = inputs[k], _wide(cotangents[k])
+        embed = layer.kind == "embed"
+        bias = 0.0 if layer.bias is None else 1.0
         if rows:
-            a = a.reshape(m, -1, a.shape[-1])  # [B, positions, in]
             d = d.reshape(m, -1, d.shape[-1])  # [B, positions, out]
-            gram = gram + _per_example_gram(a, d, bias)
+            a = a.reshape(m, -1) if embed else _wide(a).reshape(m, -1, a.shape[-1])
+            gram = gram + (_per_example_embed_gram(a, d) if embed
+                           else _per_example_gram(a, d, bias))
         else:
-            a = a.reshape(-1, a.shape[-1])  # [N, in]
             d = d.reshape(m, -1, d.shape[-1])  # [m, N, out]
-            gram = gram + _multitask_gram(a, d, bias)
+            a = a.reshape(-1) if embed else _wide(a).reshape(-1, a.shape[-1])
+            gram = gram + (_multitask_embed_gram(a, d) if embed
+                           else _multitask_gram(a, d, bias))
         layers[k] = (a, d)
 
     def update(w):
@@ -283,18 +362,22 @@ def layers_engine(fn, params, *, per_example: Callable[[Any], bool] | bool = Fal
         if rest:
             for i, g in zip(rest, combine(w, rest_jacobian)):
                 full[i] = g
-        for k, call in captured.items():
+        for k, layer in captured.items():
             a, d = layers[k]
             if rows:
-                weighted = d * w[:, None, None]  # [B, positions, out]
-                kernel = jnp.einsum("bpi,bpo->io", a, weighted)
-                bias = jnp.sum(weighted, axis=(0, 1))
+                weighted = (d * w[:, None, None]).reshape(-1, d.shape[-1])  # [B * P, out]
             else:
-                weighted = jnp.einsum("t,tno->no", w, d)
-                kernel, bias = a.T @ weighted, jnp.sum(weighted, axis=0)
-            full[call.kernel] = kernel.astype(leaves[call.kernel].dtype)
-            if call.bias is not None:
-                full[call.bias] = bias.astype(leaves[call.bias].dtype)
+                weighted = jnp.einsum("t,tno->no", w, d)  # [N, out]
+            table = leaves[layer.kernel]
+            if layer.kind == "embed":
+                kernel = jnp.zeros(table.shape, weighted.dtype).at[a.reshape(-1)].add(weighted)
+            else:
+                kernel = a.reshape(-1, a.shape[-1]).T @ weighted
+                if layer.kind == "conv":
+                    kernel = _unflat_kernel(kernel, table.shape)
+            full[layer.kernel] = kernel.astype(table.dtype)
+            if layer.bias is not None:
+                full[layer.bias] = jnp.sum(weighted, axis=0).astype(leaves[layer.bias].dtype)
         return treedef.unflatten(full)
 
     return Linearized(values, aux, gram, update)
@@ -324,6 +407,19 @@ def _multitask_gram(a, d, bias):
     blocks = jnp.einsum("ni,tno->tio", a, d).reshape(m, -1)
     summed = jnp.sum(d, axis=1)
     return blocks @ blocks.T + bias * (summed @ summed.T)
+
+
+def _per_example_embed_gram(ids, d):
+    """An embedding's per-example Gramian: ``G_bc = sum_{p,q} [id_bp = id_cq] <d_bp, d_cq>``
+    (``ids [B, P]``, ``d [B, P, dim]``): the one-hot inputs' kernel, never forming them."""
+    same = (ids[:, :, None, None] == ids[None, None, :, :]).astype(d.dtype)  # [B, P, B, P]
+    return jnp.einsum("bpcq,bpo,cqo->bc", same, d, d)
+
+
+def _multitask_embed_gram(ids, d):
+    """An embedding's ``G_ts = sum_{n,n'} [id_n = id_n'] <d_tn, d_sn'>`` (``ids [N]``)."""
+    same = (ids[:, None] == ids[None, :]).astype(d.dtype)
+    return jnp.einsum("tno,sno->ts", d, jnp.einsum("nk,sko->sno", same, d))
 
 
 def linearize(fn, params, *, engine: str, per_example: Callable[[Any], bool] | bool = False

@@ -27,6 +27,24 @@ class Sequence(nn.Module):
         return nn.Dense(5)(h.mean(axis=1))
 
 
+class Tokens(nn.Module):
+    """An embedding of token ids [B, T], a Dense on the sequence, and a head tied to the
+    embedding through ``attend`` (a use the engine cannot capture: the table falls back)."""
+    tied: bool = False
+
+    @nn.compact
+    def __call__(self, ids):
+        embed = nn.Embed(11, 6)
+        h = nn.tanh(nn.Dense(6)(embed(ids))).mean(axis=1)
+        return embed.attend(h)[:, :5] if self.tied else nn.Dense(5)(h)
+
+
+def _tokens(tied):
+    module = Tokens(tied)
+    init = lambda key: module.init(key, jnp.zeros((1, 4), jnp.int32))  # noqa: E731
+    return init, module.apply, None
+
+
 def _mlp():
     model = models.mlp((6,), 5, hidden=(16, 8))
     return model.init, model.apply, (6,)
@@ -42,7 +60,8 @@ def _cnn():
     return model.init, model.apply, (6, 6, 1)
 
 
-MODELS = {"mlp": _mlp, "sequence": _sequence, "cnn": _cnn}
+MODELS = {"mlp": _mlp, "sequence": _sequence, "cnn": _cnn,
+          "tokens": lambda: _tokens(False), "tied": lambda: _tokens(True)}
 
 
 def _objective(apply, kind):
@@ -60,7 +79,8 @@ def _linearized(model, kind, engine, batch=7):
     init, apply, shape = MODELS[model]()
     params = init(jax.random.PRNGKey(0))
     rng = np.random.default_rng(1)
-    x = jnp.asarray(rng.normal(size=(batch, *shape)), jnp.float32)
+    x = (jnp.asarray(rng.integers(0, 11, (batch, 4))) if shape is None
+         else jnp.asarray(rng.normal(size=(batch, *shape)), jnp.float32))
     y = jnp.asarray(rng.integers(0, 5, batch))
     objective = _objective(apply, kind)
 
@@ -87,6 +107,15 @@ def test_gramian_and_update_equal_the_jacobian_path(engine, model, kind):
         np.testing.assert_allclose(a, b, atol=2e-5 * float(jnp.max(jnp.abs(b))) + 1e-7,
                                    rtol=1e-4)
     assert got.jacobian is None and reference.jacobian is not None
+
+
+def test_layers_captures_convolutions_and_embeddings_but_not_a_tied_table(monkeypatch):
+    monkeypatch.setattr(engine_lib, "_WARNED", set())
+    with pytest.warns(UserWarning) as record:
+        _linearized("cnn", "tasks", "layers")  # the convolution and the head: no warning
+        _linearized("tokens", "tasks", "layers")
+        _linearized("tied", "tasks", "layers")
+    assert len(record) == 1 and "embedding" in str(record[0].message)
 
 
 def test_layers_warns_once_about_what_it_does_not_capture(monkeypatch):
