@@ -37,8 +37,12 @@ def run(script: str, *args: str) -> dict[str, list[float]]:
 
 
 @pytest.mark.parametrize("script,args,ways", [
-    ("multiobjective.py", ("--objectives", "3", "--steps", "20", "--torch-python", "none"),
-     ["jaxreg sum", "jaxreg mean", "jax loop mean", "jaxreg upgrad", "jax loop upgrad"]),
+    ("multiobjective.py", ("--models", "cnn", "--mtl", "3", "--iwrm", "--steps", "20",
+                           "--torch-python", "none"),
+     ["jaxreg sum", "jaxreg upgrad", "jaxreg upgrad/jac"]),
+    ("multiobjective.py", ("--models", "mlp", "--mtl", "--iwrm", "8", "--steps", "20",
+                           "--torch-python", "none"),
+     ["jaxreg sum", "jaxreg upgrad", "jaxreg upgrad/jac"]),
     ("grid.py", ("--configs", "2", "--epochs", "2", "--torch-python", "none"),
      ["grid", "jaxreg steps", "optax steps", "optax vmap"]),
     ("overhead.py", ("--d-model", "32", "--layers", "1", "--length", "16", "--batch", "4",

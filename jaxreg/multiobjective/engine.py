@@ -33,6 +33,7 @@ Each engine returns a :class:`Linearized`.
 
 from __future__ import annotations
 
+import itertools
 import warnings
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -105,13 +106,22 @@ def gramian_engine(fn, params) -> Linearized:
     return Linearized(values, aux, gram, update)
 
 
+class _Conv(NamedTuple):
+    """The geometry of a captured convolution."""
+    kernel_size: tuple[int, ...]
+    strides: tuple[int, ...]
+    padding: Any  # "SAME", "VALID" or ((lo, hi), ...)
+    dilation: tuple[int, ...]
+
+
 class _Layer(NamedTuple):
     """A captured layer call: its kind, the leaf indices of its kernel (or embedding table)
-    and bias, and its output's shape."""
+    and bias, its output's shape, and a convolution's geometry."""
     kind: str  # "dense", "conv" or "embed"
     kernel: int
     bias: int | None
     output: jax.ShapeDtypeStruct
+    conv: _Conv | None = None
 
 
 def _kind(context) -> str | None:
@@ -181,7 +191,8 @@ def _layer_calls(fn, params) -> list[_Layer | None]:
                                                               or bias is not None)
             out = next_fun(*args, **kwargs)
             shape = jax.ShapeDtypeStruct(jnp.shape(out), jnp.result_type(out))
-            calls.append(_Layer(kind, kernel, bias, shape) if ok else None)
+            conv = _conv_of(context.module) if ok and kind == "conv" else None
+            calls.append(_Layer(kind, kernel, bias, shape, conv) if ok else None)
             return out
 
         with nn.intercept_methods(interceptor):
@@ -191,28 +202,44 @@ def _layer_calls(fn, params) -> list[_Layer | None]:
     return calls
 
 
-def _conv_patches(module, x):
-    """The input patches of a captured convolution, ``[B, *out_spatial, C * prod(k)]``
-    (channel-major), so that ``conv(x, W) = patches @ flat(W)``."""
-    from flax.linen.linear import _conv_dimension_numbers, canonicalize_padding
+def _conv_of(module) -> _Conv:
+    from flax.linen.linear import canonicalize_padding
 
     kernel_size = _kernel_size(module)
     padding = canonicalize_padding(module.padding, len(kernel_size))
-    return jax.lax.conv_general_dilated_patches(
-        x, kernel_size, _broadcast(module.strides, module), padding,
-        rhs_dilation=_broadcast(module.kernel_dilation, module),
-        dimension_numbers=_conv_dimension_numbers(x.shape), precision=module.precision)
+    padding = padding if isinstance(padding, str) else tuple(tuple(p) for p in padding)
+    return _Conv(kernel_size, _broadcast(module.strides, module), padding,
+                 _broadcast(module.kernel_dilation, module))
 
 
-def _flat_kernel(kernel):
-    """A convolution kernel ``[*k, C, out]`` as the ``[C * prod(k), out]`` matrix of the
-    patches (channel-major)."""
-    n = kernel.ndim - 2
-    return jnp.moveaxis(kernel, n, 0).reshape(-1, kernel.shape[-1])
+def _conv_patches(conv: _Conv, x):
+    """The input patches of a captured convolution, ``[B, *out_spatial, C * prod(k)]``
+    (channel-major, as ``lax.conv_general_dilated_patches``), so that ``conv(x, W) =
+    patches @ flat(W)``; gathered by strided slices of the padded input (a grouped
+    convolution is slow on CPUs)."""
+    kernel_size, strides, dilation = conv.kernel_size, conv.strides, conv.dilation
+    spatial = x.shape[1:-1]
+    padding = conv.padding
+    if isinstance(padding, str):
+        padding = jax.lax.padtype_to_pads(
+            spatial, [(k - 1) * d + 1 for k, d in zip(kernel_size, dilation)], strides,
+            padding)
+    x = jnp.pad(x, [(0, 0), *padding, (0, 0)])
+    out = [(n + lo + hi - (k - 1) * d - 1) // s + 1
+           for n, (lo, hi), k, d, s in zip(spatial, padding, kernel_size, dilation, strides)]
+    slices = []
+    for offset in itertools.product(*[range(k) for k in kernel_size]):
+        start = [0, *[o * d for o, d in zip(offset, dilation)], 0]
+        limit = [x.shape[0], *[st + (n - 1) * s + 1 for st, n, s in
+                               zip(start[1:-1], out, strides)], x.shape[-1]]
+        slices.append(jax.lax.slice(x, start, limit, (1, *strides, 1)))
+    patches = jnp.stack(slices, axis=-1)  # [B, *out, C, prod(k)]: channel-major
+    return patches.reshape(*patches.shape[:-2], -1)
 
 
 def _unflat_kernel(flat, shape):
-    """The inverse of :func:`_flat_kernel` for a kernel of ``shape``."""
+    """A convolution kernel of ``shape`` ``[*k, C, out]`` from the ``[C * prod(k), out]``
+    matrix of its patches (channel-major)."""
     n = len(shape) - 2
     return jnp.moveaxis(flat.reshape(shape[n], *shape[:n], shape[-1]), 0, n)
 
@@ -220,7 +247,8 @@ def _unflat_kernel(flat, shape):
 def _run_captured(fn, params, captured, constants, on_output, inputs):
     """``fn(params)`` with each captured layer call k computed from the ``constants`` leaves
     (so no gradient reaches its parameters through it) as flax computes it: a Dense as
-    ``x W + b``, a Conv as ``patches(x) flat(W) + b``, an Embed as a lookup. The output y is
+    ``x W + b``, a Conv as lax's convolution (its patches are formed after the backward
+    pass), an Embed as a lookup. The output y is
     replaced by ``on_output(k, y)`` (adding a zero probe whose cotangent is ``D``), and what
     multiplies the kernel (x, the patches, the token ids) is stored in ``inputs[k]``."""
     import flax.linen as nn
@@ -244,10 +272,16 @@ def _run_captured(fn, params, captured, constants, on_output, inputs):
         bias = None if layer.bias is None else constants[layer.bias]
         x, kernel, bias = module.promote_dtype(x, constants[layer.kernel], bias,
                                                dtype=module.dtype)
-        if layer.kind == "conv":
-            x, kernel = _conv_patches(module, x), _flat_kernel(kernel)
-        y = jax.lax.dot_general(x, kernel, (((x.ndim - 1,), (0,)), ((), ())),
-                                precision=module.precision)
+        if layer.kind == "conv":  # the input is stored; its patches are formed afterwards
+            from flax.linen.linear import _conv_dimension_numbers
+
+            c = layer.conv
+            y = jax.lax.conv_general_dilated(
+                x, kernel, c.strides, c.padding, rhs_dilation=c.dilation,
+                dimension_numbers=_conv_dimension_numbers(x.shape), precision=module.precision)
+        else:
+            y = jax.lax.dot_general(x, kernel, (((x.ndim - 1,), (0,)), ((), ())),
+                                    precision=module.precision)
         if bias is not None:
             y = y + jnp.reshape(bias, (1,) * (y.ndim - 1) + (-1,))
         inputs[k] = x
@@ -342,6 +376,8 @@ def layers_engine(fn, params, *, per_example: Callable[[Any], bool] | bool = Fal
     layers = {}
     for k, layer in captured.items():
         a, d = inputs[k], _wide(cotangents[k])
+        if layer.kind == "conv":
+            a = _conv_patches(layer.conv, jax.lax.stop_gradient(a))
         embed = layer.kind == "embed"
         bias = 0.0 if layer.bias is None else 1.0
         if rows:

@@ -39,6 +39,23 @@ class Tokens(nn.Module):
         return embed.attend(h)[:, :5] if self.tied else nn.Dense(5)(h)
 
 
+class Strided(nn.Module):
+    """Convolutions with strides, dilation, explicit padding and no bias (the patches'
+    geometry), and a 1-D convolution."""
+
+    @nn.compact
+    def __call__(self, x):
+        h = nn.relu(nn.Conv(4, (3, 2), strides=(2, 1), padding=((1, 0), (0, 2)))(x))
+        h = nn.relu(nn.Conv(5, (2, 2), kernel_dilation=2, padding="SAME", use_bias=False)(h))
+        h = nn.Conv(3, (2,), padding="VALID")(h.reshape(h.shape[0], -1, h.shape[-1]))
+        return nn.Dense(5)(h.mean(axis=1))
+
+
+def _strided():
+    module = Strided()
+    return (lambda key: module.init(key, jnp.zeros((1, 6, 5, 2)))), module.apply, (6, 5, 2)
+
+
 def _tokens(tied):
     module = Tokens(tied)
     init = lambda key: module.init(key, jnp.zeros((1, 4), jnp.int32))  # noqa: E731
@@ -60,7 +77,7 @@ def _cnn():
     return model.init, model.apply, (6, 6, 1)
 
 
-MODELS = {"mlp": _mlp, "sequence": _sequence, "cnn": _cnn,
+MODELS = {"mlp": _mlp, "sequence": _sequence, "cnn": _cnn, "strided": _strided,
           "tokens": lambda: _tokens(False), "tied": lambda: _tokens(True)}
 
 
@@ -112,7 +129,8 @@ def test_gramian_and_update_equal_the_jacobian_path(engine, model, kind):
 def test_layers_captures_convolutions_and_embeddings_but_not_a_tied_table(monkeypatch):
     monkeypatch.setattr(engine_lib, "_WARNED", set())
     with pytest.warns(UserWarning) as record:
-        _linearized("cnn", "tasks", "layers")  # the convolution and the head: no warning
+        _linearized("cnn", "tasks", "layers")  # the convolutions and the head: no warning
+        _linearized("strided", "per_example", "layers")
         _linearized("tokens", "tasks", "layers")
         _linearized("tied", "tasks", "layers")
     assert len(record) == 1 and "embedding" in str(record[0].message)
