@@ -145,7 +145,8 @@ _WEIGHTING_OF: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 def weighting_of(aggregator) -> Weighting | None:
     """The :class:`Weighting` an aggregator was built from (None for an aggregator that needs
-    the Jacobian itself, such as GradDrop, GradNorm, Bloop and M-ConFIG)."""
+    the Jacobian itself, such as GradDrop, GradNorm, Bloop, M-ConFIG and group-wise
+    aggregation)."""
     update = getattr(aggregator, "update", None)
     try:
         return _WEIGHTING_OF.get(update)
