@@ -193,3 +193,29 @@ def test_engine_arguments_are_checked():
         train.make_step(obj, optax.sgd(0.1), engine="gramian")
     with pytest.raises(ValueError, match="per_example"):
         objective_lib.per_example(jnp.ones((2, 2)))
+
+
+def test_grid_trains_per_example_objectives_with_the_layers_engine():
+    """Under grid's vmap over configurations and seeds, the layers engine trains IWRM as the
+    Jacobian path does."""
+    model = models.mlp((6,), 5, hidden=(8,))
+    rng = np.random.default_rng(0)
+    data = {"x": rng.normal(size=(32, 6)).astype(np.float32), "y": rng.integers(0, 5, 32)}
+
+    def objective(p, b, h, k):
+        ce = optax.losses.softmax_cross_entropy_with_integer_labels(model.apply(p, b["x"]),
+                                                                    b["y"])
+        return {"ce": objective_lib.per_example(ce)}
+
+    opt = optax.inject_hyperparams(optax.sgd)(learning_rate=0.1)
+    results = [train.grid(objective, opt, model.init, data,
+                          hparams={"learning_rate": [0.05, 0.2]}, seeds=[0, 1], epochs=2,
+                          batch_size=8, aggregator=upgrad(num_objectives=8), engine=engine,
+                          progress=False) for engine in ("jacobian", "layers")]
+    for a, b in zip(jax.tree.leaves(results[0].state.params),
+                    jax.tree.leaves(results[1].state.params)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(results[0].history["train/ce"], results[1].history["train/ce"],
+                               rtol=1e-5)
+    assert not np.allclose(results[1].state.params["params"]["Dense_0"]["kernel"][0, 0],
+                           results[1].state.params["params"]["Dense_0"]["kernel"][1, 0])

@@ -196,3 +196,33 @@ def test_batch_not_divisible_by_the_data_axes_is_named(devices):
     with pytest.raises(ValueError, match="batch of 12 examples is not divisible by the mesh "
                                          r"axes \('data', 'fsdp'\)"):
         plan.put_batch({"x": np.zeros((12, IN))}, 12)
+
+
+@pytest.mark.parametrize("engine", ["layers", "gramian", "jacobian"])
+def test_per_example_objectives_with_each_engine(engine, devices):
+    """IWRM (one objective per example) on a Flax MLP under data x FSDP: every engine's
+    sharded step equals the one-device step (the layers engine's Gramian needs the
+    activations of the whole batch: XLA gathers them)."""
+    from jaxreg import models
+    from jaxreg import objective as objective_lib
+
+    model = models.mlp((IN,), CLASSES, hidden=(HIDDEN,))
+    params = model.init(jax.random.PRNGKey(0))
+
+    def iwrm(p, batch, hparams, key):
+        ce = optax.softmax_cross_entropy_with_integer_labels(model.apply(p, batch["x"]),
+                                                             batch["y"])
+        return {"ce": objective_lib.per_example(ce)}
+
+    optimizer, aggregator = optax.sgd(0.1), mo.upgrad(num_objectives=BATCH)
+    state = train.init_state(params, optimizer, key=jax.random.PRNGKey(2), aggregator=aggregator)
+    single, single_metrics, _ = _run(
+        train.make_step(iwrm, optimizer, aggregator=aggregator, engine=engine), state,
+        _batches(), lambda f, s, b: jax.jit(f))
+    plan = sharding.fully_sharded(sharding.make_mesh(data=2, fsdp=4), params)
+    out, metrics, _ = _run(
+        train.make_step(iwrm, optimizer, aggregator=aggregator, engine=engine, sharding=plan),
+        plan.put_state(state), [plan.put_batch(b, BATCH) for b in _batches()], plan.jit_step)
+    for got, want in zip(jax.tree.leaves(out.params), jax.tree.leaves(single.params)):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=2e-6)
+    np.testing.assert_allclose(metrics["ce"], single_metrics["ce"], rtol=1e-5)
