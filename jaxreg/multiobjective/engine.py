@@ -7,9 +7,10 @@ engines give both, equal to float32 rounding (``jaxreg.train.make_step(..., engi
 - ``"jacobian"``: J from one forward pass and a VJP vmapped over the m objectives; every
   aggregator works on it, and those that need J itself (GradDrop, GradNorm, Bloop, M-ConFIG,
   MultiAdam) only on it. Memory O(m n) for n parameters.
-- ``"gramian"``: G accumulated one parameter leaf at a time (the vmapped VJP restricted to
-  that leaf, its block ``J_l J_l^T`` added before the next leaf's is computed), so memory is
-  O(m^2 + the largest block); the update is one more VJP, with cotangent w. Any function.
+- ``"gramian"``: G accumulated block by block over the parameter leaves (consecutive leaves
+  grouped up to ``BLOCK_ELEMENTS`` numbers of Jacobian; the vmapped VJP restricted to a block,
+  its ``J_b J_b^T`` added before the next block's is computed), so memory is O(m^2 + the
+  largest block); the update is one more VJP, with cotangent w. Any function.
 - ``"layers"``: the ``flax.linen`` Dense, Conv and Embed layers the function calls are
   captured by method interception. For a layer with inputs A (rows n: examples, and
   positions of a sequence or an image; for a convolution its input patches, for an
@@ -25,8 +26,8 @@ engines give both, equal to float32 rounding (``jaxreg.train.make_step(..., engi
   b only) one backward pass gives all of them, and ``G = (A A^T + 1) * (D D^T)`` per layer
   (its per-example sum over the positions of a sequence otherwise). Parameters outside
   captured layers (a layer called twice or also used elsewhere, such as a tied embedding or
-  a weight penalty; other layer types such as LayerNorm) get their blocks as in
-  ``"jacobian"``, and a warning says which, once.
+  a weight penalty; other layer types such as LayerNorm) get theirs as in ``"gramian"``, and
+  a warning says which, once.
 
 Each engine returns a :class:`Linearized`.
 """
@@ -85,19 +86,43 @@ def values_engine(fn, params) -> Linearized:
     return Linearized(values, aux, None, lambda w: vjp_fn(w.astype(values.dtype))[0])
 
 
-def gramian_engine(fn, params) -> Linearized:
-    """G leaf by leaf without keeping J; the update by one more VJP."""
-    values, vjp_fn, aux = jax.vjp(fn, params, has_aux=True)
-    basis = _basis(values)
-    m = values.shape[0]
-    gram = jnp.zeros((m, m), jnp.promote_types(values.dtype, jnp.float32))
-    count = len(jax.tree.leaves(params))
-    for index in range(count):
-        # the barrier orders the blocks: leaf i's block is built after leaf i-1's was added
+BLOCK_ELEMENTS = 1 << 22  # a block of the Jacobian holds at most this many numbers (16 MB)
+
+
+def leaf_blocks(sizes, m: int, budget: int = BLOCK_ELEMENTS) -> list[list[int]]:
+    """Consecutive leaves (of ``sizes`` parameters each) grouped so that each group's
+    Jacobian block, ``m x sum(sizes)``, holds at most ``budget`` numbers (a larger leaf is a
+    block of its own)."""
+    blocks, current, filled = [], [], 0
+    for index, size in enumerate(sizes):
+        if current and filled + m * size > budget:
+            blocks.append(current)
+            current, filled = [], 0
+        current.append(index)
+        filled += m * size
+    return blocks + [current] if current else blocks
+
+
+def blockwise_gramian(rows, sizes, basis, budget: int = BLOCK_ELEMENTS) -> jax.Array:
+    """``sum_blocks J_b J_b^T``, ``rows(e)`` giving the leaves' VJPs for cotangent ``e``; the
+    blocks of :func:`leaf_blocks` are built one after the other (an optimization barrier
+    orders them), so memory is O(m^2 + the largest block)."""
+    m = basis.shape[0]
+    gram = jnp.zeros((m, m), jnp.promote_types(basis.dtype, jnp.float32))
+    for block in leaf_blocks(sizes, m, budget):
         gram, basis = jax.lax.optimization_barrier((gram, basis))
-        block = jax.vmap(lambda e: jax.tree.leaves(vjp_fn(e)[0])[index])(basis)
-        block = _wide(block.reshape(m, -1))
-        gram = gram + block @ block.T
+        parts = jax.vmap(lambda e, block=block: [rows(e)[i] for i in block])(basis)
+        flat = jnp.concatenate([_wide(part.reshape(m, -1)) for part in parts], axis=1)
+        gram = gram + flat @ flat.T
+    return gram
+
+
+def gramian_engine(fn, params) -> Linearized:
+    """G block by block over the parameter leaves without keeping J; the update by one more
+    VJP."""
+    values, vjp_fn, aux = jax.vjp(fn, params, has_aux=True)
+    sizes = [int(jnp.size(leaf)) for leaf in jax.tree.leaves(params)]
+    gram = blockwise_gramian(lambda e: jax.tree.leaves(vjp_fn(e)[0]), sizes, _basis(values))
 
     def update(w):
         (grads,) = vjp_fn(w.astype(values.dtype))
@@ -367,12 +392,11 @@ def layers_engine(fn, params, *, per_example: Callable[[Any], bool] | bool = Fal
     rows = per_example and all(inputs[k].shape[0] == m for k in captured)
     if rows:
         _, cotangents = vjp_fn(jnp.ones_like(values))  # row b of each layer: example b's
-        if rest:
-            rest_jacobian = jax.vmap(lambda e: vjp_fn(e)[0])(basis)
     else:
-        rest_jacobian, cotangents = jax.vmap(vjp_fn)(basis)
-    gram = gramian(rest_jacobian) if rest else jnp.zeros(
-        (m, m), jnp.promote_types(values.dtype, jnp.float32))
+        _, cotangents = jax.vmap(vjp_fn)(basis)  # (the uncaptured leaves' part is unused)
+    # the uncaptured leaves: their Gramian block by block, as the "gramian" engine
+    gram = blockwise_gramian(lambda e: vjp_fn(e)[0], [int(jnp.size(leaves[i])) for i in rest],
+                             basis)
     layers = {}
     for k, layer in captured.items():
         a, d = inputs[k], _wide(cotangents[k])
@@ -393,11 +417,11 @@ def layers_engine(fn, params, *, per_example: Callable[[Any], bool] | bool = Fal
         layers[k] = (a, d)
 
     def update(w):
-        w = w.astype(gram.dtype)
         full = [None] * len(leaves)
-        if rest:
-            for i, g in zip(rest, combine(w, rest_jacobian)):
+        if rest:  # one more backward pass, for the uncaptured leaves only
+            for i, g in zip(rest, vjp_fn(w.astype(values.dtype))[0]):
                 full[i] = g
+        w = w.astype(gram.dtype)
         for k, layer in captured.items():
             a, d = layers[k]
             if rows:

@@ -229,3 +229,21 @@ def test_grid_trains_per_example_objectives_with_the_layers_engine():
                                rtol=1e-5)
     assert not np.allclose(results[1].state.params["params"]["Dense_0"]["kernel"][0, 0],
                            results[1].state.params["params"]["Dense_0"]["kernel"][1, 0])
+
+
+def test_blocks_bound_the_jacobian_held_at_once():
+    assert engine_lib.leaf_blocks([5, 5, 20, 1, 1], m=2, budget=20) == [[0, 1], [2], [3, 4]]
+    assert engine_lib.leaf_blocks([3], m=4, budget=1) == [[0]]  # a large leaf: its own block
+    model = models.mlp((6,), 5, hidden=(8,))
+    params = model.init(jax.random.PRNGKey(0))
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(4, 6)), jnp.float32)
+    values, vjp_fn = jax.vjp(lambda p: model.apply(p, x)[:, 0], params)
+    basis = jnp.eye(4)
+    sizes = [leaf.size for leaf in jax.tree.leaves(params)]
+    rows = lambda e: jax.tree.leaves(vjp_fn(e)[0])  # noqa: E731
+    one_block = engine_lib.blockwise_gramian(rows, sizes, basis)
+    per_leaf = engine_lib.blockwise_gramian(rows, sizes, basis, budget=1)
+    jac = jnp.concatenate([leaf.reshape(4, -1) for leaf in
+                           jax.tree.leaves(jax.vmap(vjp_fn)(basis)[0])], axis=1)
+    np.testing.assert_allclose(one_block, jac @ jac.T, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(per_leaf, jac @ jac.T, rtol=1e-5, atol=1e-6)
