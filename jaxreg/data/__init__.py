@@ -1,5 +1,5 @@
-"""Data for jaxreg: bundled real datasets (digits, text) as tfds builders, label noise, input
-pipeline."""
+"""Data for jaxreg: bundled real datasets (digits, text) as tfds builders, MultiDigits (two
+overlaid digits, two labels), label noise, input pipeline."""
 
 from jaxreg.data.digits import (
     SklearnDigits,
@@ -16,6 +16,7 @@ from jaxreg.data.label_noise import (
     noise_report,
     symmetric_noise,
 )
+from jaxreg.data.multidigits import load_multidigits, overlay_pairs
 from jaxreg.data.pipeline import batches, epoch_indices, num_batches
 from jaxreg.data.text import TextCorpus, load_text, text_source, unigram_entropy
 
@@ -32,9 +33,11 @@ __all__ = [
     "epoch_indices",
     "load_digits",
     "load_digits_splits",
+    "load_multidigits",
     "load_text",
     "noise_report",
     "num_batches",
+    "overlay_pairs",
     "symmetric_noise",
     "text_source",
     "unigram_entropy",

@@ -180,7 +180,8 @@ def grid(objective: Objective, optimizer: optax.GradientTransformation,
             finite, as ``make_step(..., skip_nonfinite=True)``; ``train/skipped`` is then the
             fraction of each epoch's steps skipped. Off, a NaN stays in that member's
             history and parameters (the other members are unaffected).
-        engine, gradient_metrics: as for ``make_step`` (with an ``aggregator``).
+        engine: as for ``make_step`` (with an ``aggregator``).
+        gradient_metrics: as for ``make_step`` (with an ``aggregator``).
 
     Raises:
         ValueError: naming the argument, for an empty or ragged ``train_data``, ``epochs``
