@@ -24,11 +24,16 @@ import optax.contrib
 from jaxreg.losses import classification, noisy_labels, self_distillation
 from jaxreg.multiobjective import (
     auxiliary,
+    balancing,
     bargaining,
     conflict_free,
     dual_cone,
     loss_weighting,
     min_norm,
+    priority,
+    robust,
+    scalarization,
+    stochastic,
     surgery,
     vaccine,
     weighted,
@@ -99,6 +104,13 @@ INPUT_KINDS = {
     "source, mapped": "source points [N, D], their images under a map [N, D] -> scalar",
 }
 
+# What an aggregator reads (``reads``), and so which make_step engines serve it.
+READS = {
+    "Gramian": "a weighting of G = J J^T: every engine, the Jacobian never formed by default",
+    "values": "a scalarization: one backward pass of w^T f",
+    "Jacobian": "needs J itself: make_step(engine='jacobian')",
+}
+
 # Properties an aggregator may claim (torchjd's definitions), checked by
 # tests/multiobjective/test_contract.py on a zoo of Jacobians.
 CLAIMS = {
@@ -138,6 +150,7 @@ _FOCAL = "Focal Loss for Dense Object Detection (2017)"
 _APL = "Normalized Loss Functions for Deep Learning with Noisy Labels (2020)"
 _APL_CODE = "HanxunH/Active-Passive-Losses loss.py"
 _TORCHJD = "TorchJD/torchjd 0.18 aggregation"
+_TORCHJD_SCALAR = "TorchJD/torchjd 0.18 scalarization"
 _NASH = "Multi-Task Learning as a Bargaining Game (2022)"
 _ADAMP = ("AdamP: Slowing Down the Slowdown for Momentum Optimizers on Scale-invariant Weights "
           "(2021)")
@@ -332,6 +345,62 @@ ENTRIES: tuple[Entry, ...] = (
           "Semantics (2018)", "1705.07115",
           "the paper's Eqs. 7 and 10 with s = log sigma^2 (LibMTL UW: Eq. 7 for every task)",
           inputs="objective"),
+    Entry("fairgrad", balancing.fairgrad, "multiobjective",
+          "Fair Resource Allocation in Multi-Task Learning (2024)", "2402.15638",
+          _TORCHJD + " FairGrad (where G w = w^(-1/alpha) has a root, else a zero "
+          "update; Newton solver)",
+          inputs="jacobian", hparams={"alpha": 2.0},
+          claims=("non_conflicting", "permutation_invariant")),
+    Entry("excess_mtl", balancing.excess_mtl, "multiobjective",
+          "Robust Multi-Task Learning with Excess Risks (2024)", "2402.02009",
+          _TORCHJD + " ExcessMTL", inputs="jacobian", hparams={"robust_step_size": 1.0},
+          claims=("permutation_invariant",)),
+    Entry("pcd", priority.pcd, "multiobjective",
+          "Not All Objectives Are Born Equal: Priority-Constrained Descent for Hierarchical "
+          "Multi-Objective Optimization (2026)", "2606.29521", _TORCHJD + " PCD",
+          inputs="jacobian", hparams={"tau": 0.02, "beta": 0.999}),
+    Entry("cr_mogm", stochastic.cr_mogm, "multiobjective",
+          "On the Convergence of Stochastic Multi-Objective Gradient Manipulation and Beyond "
+          "(2022)", "-", _TORCHJD + " CRMOGMWeighting (around MGDA's weighting by default)",
+          inputs="jacobian", hparams={"alpha": 0.9}),
+    Entry("modo", stochastic.modo, "multiobjective",
+          "Three-Way Trade-Off in Multi-Objective Learning: Optimization, Generalization and "
+          "Conflict-Avoidance (2023)", "2305.20057",
+          _TORCHJD + " MoDoWeighting (on the step's Gramian)", inputs="jacobian",
+          hparams={"gamma": 0.1, "rho": 0.1}, claims=("permutation_invariant",)),
+    Entry("sdmgrad", stochastic.sdmgrad, "multiobjective",
+          "Direction-oriented Multi-objective Learning: Simple and Provable Stochastic "
+          "Algorithms (2023)", "2305.18409",
+          _TORCHJD + " SDMGradWeighting (on the step's Gramian)", inputs="jacobian",
+          hparams={"lr": 10.0, "momentum": 0.5, "lambda_": 0.3},
+          claims=("permutation_invariant",)),
+    Entry("krum", robust.krum, "multiobjective",
+          "Machine Learning with Adversaries: Byzantine Tolerant Gradient Descent (2017)",
+          "1703.02757", _TORCHJD + " Krum (n_byzantine=0 by default)", inputs="jacobian"),
+    Entry("trimmed_mean", robust.trimmed_mean, "multiobjective",
+          "Byzantine-Robust Distributed Learning: Towards Optimal Statistical Rates (2018)",
+          "1803.01498", _TORCHJD + " TrimmedMean (trim_number=1 by default)",
+          inputs="jacobian", claims=("permutation_invariant",)),
+    Entry("famo", scalarization.famo, "multiobjective",
+          "FAMO: Fast Adaptive Multitask Optimization (2023)", "2306.03792",
+          _TORCHJD_SCALAR + " FAMO (its update() from the next step's values)",
+          inputs="jacobian, values", hparams={"lr": 0.025, "weight_decay": 1e-3}),
+    Entry("dwa", scalarization.dwa, "multiobjective",
+          "End-to-End Multi-Task Learning with Attention (2019)", "1803.10704",
+          _TORCHJD_SCALAR + " DWA (step() every steps_per_epoch steps)",
+          inputs="jacobian, values", hparams={"temperature": 2.0}),
+    Entry("stch", scalarization.stch, "multiobjective",
+          "Smooth Tchebycheff Scalarization for Multi-Objective Optimization (2024)",
+          "2402.19078", _TORCHJD_SCALAR + " STCH (mu=1 by default)",
+          inputs="jacobian, values", hparams={"mu": 1.0}),
+    Entry("geometric_mean", scalarization.geometric_mean, "multiobjective",
+          "MultiNet++: Multi-Stream Feature Aggregation and Geometric Loss Strategy for "
+          "Multi-Task Learning (2019)", "1904.08492", _TORCHJD_SCALAR + " GeometricMean",
+          inputs="jacobian, values"),
+    Entry("pbi", scalarization.pbi, "multiobjective",
+          "MOEA/D: A Multiobjective Evolutionary Algorithm Based on Decomposition (2007)", "-",
+          _TORCHJD_SCALAR + " PBI (uniform preference by default)",
+          inputs="jacobian, values", hparams={"theta": 5.0}),
     Entry("fork_merge", fork_merge, "multiobjective",
           "ForkMerge: Mitigating Negative Transfer in Auxiliary-Task Learning (2023)",
           "2301.12618", "thuml/ForkMerge forkmerge.py (greedy lambda search; per-round best "
@@ -612,6 +681,8 @@ def describe(entry: Entry, tests: Mapping[str, int] | None = None) -> str:
         lines.append(f"  no gradient through: {entry.stops_gradient}")
     if entry.claims:
         lines.append("  claims:    " + "; ".join(f"{c} ({CLAIMS[c]})" for c in entry.claims))
+    if reads(entry):
+        lines.append(f"  reads:     the objectives' {reads(entry)} ({READS[reads(entry)]})")
     if tests is not None:
         named = ", ".join(f"{path} ({n} lines)" for path, n in tests.items())
         lines.append(f"  tests:     {named or 'none name it'}; every entry also runs through "
@@ -620,6 +691,25 @@ def describe(entry: Entry, tests: Mapping[str, int] | None = None) -> str:
     if doc:
         lines += ["", *("  " + line if line else "" for line in doc.splitlines())]
     return "\n".join(lines)
+
+
+def reads(entry: Entry) -> str:
+    """What an aggregator reads, hence which ``make_step`` engines serve it: ``"values"`` (a
+    scalarization: one backward pass), ``"Gramian"`` (built from a weighting: every engine,
+    ``"layers"`` by default) or ``"Jacobian"`` (``engine="jacobian"`` only); ``""`` for
+    entries that are not aggregators."""
+    if not entry.inputs.startswith("jacobian"):
+        return ""
+    from jaxreg.multiobjective.base import weighting_of
+
+    m = 4 if entry.name in ("krum", "trimmed_mean") else 2
+    try:
+        weighting = weighting_of(entry.fn(num_objectives=m, **entry.hparams))
+    except TypeError:  # an aggregator without num_objectives
+        weighting = weighting_of(entry.fn(**entry.hparams))
+    if weighting is None:
+        return "Jacobian"
+    return "Gramian" if weighting.uses_gramian else "values"
 
 
 def entries(family: str | None = None) -> tuple[Entry, ...]:
@@ -643,10 +733,14 @@ def page() -> str:
 
 
 def table(family: str | None = None) -> str:
-    """The catalog as a markdown table."""
-    rows = ["| name | family | provider | paper | arXiv | matches | gradient stopped at |",
-            "|---|---|---|---|---|---|---|"]
-    for e in entries(family):
-        rows.append(f"| {e.name} | {e.family} | {e.provider} | {e.paper} | {e.arxiv} | "
-                    f"{e.reference} | {e.stops_gradient or '–'} |")
+    """The catalog as a markdown table (aggregators also say what they read)."""
+    chosen = entries(family)
+    aggregators = any(reads(e) for e in chosen)
+    header = ["name", "family", "provider", "paper", "arXiv", "matches", "gradient stopped at"]
+    header += ["reads"] if aggregators else []
+    rows = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for e in chosen:
+        cells = [e.name, e.family, e.provider, e.paper, e.arxiv, e.reference,
+                 e.stops_gradient or "–"] + ([reads(e) or "–"] if aggregators else [])
+        rows.append("| " + " | ".join(cells) + " |")
     return "\n".join(rows)

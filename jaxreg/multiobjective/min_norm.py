@@ -51,15 +51,19 @@ def mgda(*, epsilon=1e-3, max_iters: int = 100, num_objectives: int | None = Non
                           num_objectives)
 
 
-def _project_to_simplex(v):
-    """Euclidean projection onto ``{w >= 0, sum w = 1}`` (sort-based)."""
-    m = v.shape[0]
-    s = jnp.sort(v)[::-1]
-    cumulative = jnp.cumsum(s) - 1.0
-    index = jnp.arange(1, m + 1, dtype=v.dtype)
-    rho = jnp.sum(s - cumulative / index > 0)
-    theta = cumulative[rho - 1] / rho
-    return jnp.maximum(v - theta, 0.0)
+def project_to_simplex(y: jax.Array) -> jax.Array:
+    """The Euclidean projection of ``y`` onto ``{w >= 0, sum w = 1}``: ``max(y - t, 0)`` with
+    ``t = (sum_{j <= i} y_(j) - 1) / i`` at the first i (in decreasing order) where it
+    exceeds ``y_(i+1)``, else ``(sum y - 1) / m`` (the reference implementations' loop)."""
+    m = y.shape[0]
+    if m == 1:
+        return jnp.ones_like(y)
+    ordered = jnp.sort(y)[::-1]
+    thresholds = (jnp.cumsum(ordered) - 1.0) / jnp.arange(1, m + 1, dtype=y.dtype)
+    crossed = thresholds[:-1] > ordered[1:]
+    first = jnp.argmax(crossed)
+    t = jnp.where(jnp.any(crossed), thresholds[first], (jnp.sum(y) - 1.0) / m)
+    return jnp.maximum(y - t, 0.0)
 
 
 def cagrad_weights(gram: jax.Array, *, c=0.5, rescale: int = 0, iterations: int = 500):
@@ -80,7 +84,7 @@ def cagrad_weights(gram: jax.Array, *, c=0.5, rescale: int = 0, iterations: int 
         return w @ g @ mean + sqrt_phi * jnp.sqrt(jnp.maximum(w @ g @ w, 1e-20))
 
     def step(_, w):
-        return _project_to_simplex(w - jax.grad(objective)(w) / (lipschitz * (1.0 + c)))
+        return project_to_simplex(w - jax.grad(objective)(w) / (lipschitz * (1.0 + c)))
 
     w = jax.lax.fori_loop(0, iterations, step, mean)
     norm_w = jnp.sqrt(jnp.maximum(w @ g @ w, 0.0))

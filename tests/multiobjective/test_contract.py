@@ -21,8 +21,15 @@ ENTRIES = [e for e in catalog.ENTRIES if e.inputs.startswith("jacobian")]
 IDS = [e.name for e in ENTRIES]
 
 
+# Fewest objectives an entry is defined for with its default arguments (as in torchjd).
+_MIN_OBJECTIVES = {"krum": 3,  # n_byzantine + 3
+                   "trimmed_mean": 3}  # 2 trim_number + 1
+
+
 def _supports(entry, m):
-    return entry.name != "bloop" or m == 2  # main + one auxiliary, as the official code
+    if entry.name == "bloop":
+        return m == 2  # main + one auxiliary, as the official code
+    return m >= _MIN_OBJECTIVES.get(entry.name, 1)
 
 
 def _extra_args(entry, m):
