@@ -230,7 +230,10 @@ def objective_for(bench: Bench):
 
 def run_jaxreg(bench: Bench, aggregated: bool, engine: str = "auto") -> Timing:
     optimizer = optax.sgd(LEARNING_RATE)
-    agg = mo.upgrad(num_objectives=bench.m) if aggregated else None
+    # warm-started from the last step's active bounds in multi-task; in IWRM the objectives
+    # are other examples at every step, so each step starts cold
+    agg = (mo.upgrad(num_objectives=bench.m if bench.setting == "mtl" else None)
+           if aggregated else None)
     step = make_step(objective_for(bench), optimizer, aggregator=agg, engine=engine)
     state = init_state(jax.tree.map(jnp.array, bench.init_params), optimizer,
                        key=jax.random.PRNGKey(SEED), aggregator=agg)

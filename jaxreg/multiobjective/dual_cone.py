@@ -120,7 +120,8 @@ def solve_dual_cone(gram: jax.Array, lower: jax.Array, active: jax.Array | None 
     definite), exactly.
 
     Primal-dual active-set iterations from ``active`` (a warm start, ``[P, m]`` booleans,
-    e.g. the last step's; default: the bounds that are positive), at most ``max_iters``
+    e.g. the last step's; default: the bounds the gradient ``G u`` at ``v = u`` pushes
+    against, ``(G u)_j >= 0``), at most ``max_iters``
     (default ``m + 10``); a problem they leave unsolved (the method can cycle on matrices
     that are not M-matrices) is finished by Lawson and Hanson's method, which cannot.
 
@@ -131,7 +132,8 @@ def solve_dual_cone(gram: jax.Array, lower: jax.Array, active: jax.Array | None 
     """
     m = gram.shape[0]
     max_iters = m + 10 if max_iters is None else max_iters
-    active = lower > 0 if active is None else jnp.asarray(active, bool)
+    # cold start: the bounds that the objective's gradient at v = u, G u, pushes against
+    active = lower @ gram >= 0 if active is None else jnp.asarray(active, bool)
     v, active, count, converged = _primal_dual(gram, lower, active, max_iters)
     fallback, extra = jax.vmap(lambda u, done: _lawson_hanson(gram, u, done, 4 * m + 20))(
         lower, converged)
