@@ -1,28 +1,18 @@
 """FairGrad and ExcessMTL against torchjd 0.18, and FairGrad's optimality condition."""
 
-import json
-import pathlib
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from zoo import as_tree, flat, matrices
+from zoo import as_tree, flat, golden, matrices, run
 
 from jaxreg.multiobjective import balancing, gramian, mean
 
-GOLDEN = json.loads((pathlib.Path(__file__).parent / "golden" / "torchjd_new.json").read_text())
+GOLDEN = golden("torchjd_new")
 ZOO = dict(matrices())
 # alpha traced: one compilation per number of objectives
 _FAIRGRAD = jax.jit(lambda gram, alpha: balancing.fairgrad_weights(gram, alpha=alpha))
-
-
-def _run(aggregator, matrix, state=None):
-    jac = as_tree(matrix)
-    params = jax.tree.map(lambda x: jnp.zeros(x.shape[1:]), jac)
-    state = aggregator.init(params) if state is None else state
-    update, state = jax.jit(aggregator.update)(jac, state, params)
-    return flat(jax.tree.map(lambda x: np.asarray(x)[None], update))[0], state
 
 
 @pytest.mark.parametrize("case", GOLDEN["cases"], ids=[c["name"] for c in GOLDEN["cases"]])
@@ -61,15 +51,15 @@ def test_fairgrad_solves_its_optimality_condition():
 
 def test_fairgrad_aggregator_and_its_limits():
     matrix = ZOO["m3n20r3"]  # the aggregator gives J^T w and logs w
-    out, state = _run(balancing.fairgrad(num_objectives=3), matrix)
+    out, state = run(balancing.fairgrad(num_objectives=3), matrix)
     ref = GOLDEN["cases"][[c["name"] for c in GOLDEN["cases"]].index("m3n20r3")]["fairgrad_2"]
     np.testing.assert_allclose(out, ref["output"], rtol=1e-4, atol=5e-5)
     np.testing.assert_allclose(state.weights, ref["weights"], rtol=5e-4)
     matrix = ZOO["m9n11r9"]
-    out, _ = _run(balancing.fairgrad(alpha=0.0, num_objectives=9), matrix)
-    np.testing.assert_allclose(out, _run(mean(), matrix)[0], rtol=1e-6)
+    out, _ = run(balancing.fairgrad(alpha=0.0, num_objectives=9), matrix)
+    np.testing.assert_allclose(out, run(mean(), matrix)[0], rtol=1e-6)
     opposite = np.array([[1.0, 2.0, 0.5], [-2.0, -4.0, -1.0]])
-    out, state = _run(balancing.fairgrad(num_objectives=2), opposite)
+    out, state = run(balancing.fairgrad(num_objectives=2), opposite)
     np.testing.assert_array_equal(out, 0.0)
     np.testing.assert_array_equal(state.weights, 0.0)
     with pytest.raises(ValueError, match="`alpha` must be >= 0"):
@@ -79,7 +69,7 @@ def test_fairgrad_aggregator_and_its_limits():
 @pytest.mark.parametrize("case", GOLDEN["cases"], ids=[c["name"] for c in GOLDEN["cases"]])
 def test_excess_mtl_first_call_matches_torchjd(case):
     matrix = ZOO[case["name"]]
-    out, state = _run(balancing.excess_mtl(num_objectives=len(matrix)), matrix)
+    out, state = run(balancing.excess_mtl(num_objectives=len(matrix)), matrix)
     np.testing.assert_allclose(out, case["excess_mtl"], rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(np.sum(state.weights), 1.0, rtol=1e-6)
 
@@ -116,4 +106,4 @@ def test_excess_mtl_arguments():
     with pytest.raises(ValueError, match="`n_warmup_steps` must be a non-negative int"):
         balancing.excess_mtl(num_objectives=2, n_warmup_steps=-1)
     with pytest.raises(ValueError, match="built for num_objectives=2"):
-        _run(balancing.excess_mtl(num_objectives=2), ZOO["m3n20r3"])
+        run(balancing.excess_mtl(num_objectives=2), ZOO["m3n20r3"])

@@ -1,27 +1,17 @@
 """PCD against torchjd 0.18 (on the zoo and over consecutive calls), and its QP's KKT
 conditions."""
 
-import json
-import pathlib
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from zoo import as_tree, flat, matrices
+from zoo import as_tree, flat, golden, matrices, run
 
 from jaxreg.multiobjective import gramian, priority
 
-GOLDEN = json.loads((pathlib.Path(__file__).parent / "golden" / "torchjd_new.json").read_text())
+GOLDEN = golden("torchjd_new")
 ZOO = dict(matrices())
-
-
-def _run(aggregator, matrix, state=None):
-    jac = as_tree(matrix)
-    params = jax.tree.map(lambda x: jnp.zeros(x.shape[1:]), jac)
-    state = aggregator.init(params) if state is None else state
-    update, state = jax.jit(aggregator.update)(jac, state, params)
-    return flat(jax.tree.map(lambda x: np.asarray(x)[None], update))[0], state
 
 
 @jax.jit
@@ -47,7 +37,7 @@ def test_matches_torchjd_over_consecutive_steps(name, kwargs):
     trajectory = GOLDEN["trajectories"]
     agg, state = priority.pcd(num_objectives=3, **kwargs), None
     for t, jac in enumerate(trajectory["jacobians"]):
-        out, state = _run(agg, np.asarray(jac), state)
+        out, state = run(agg, np.asarray(jac), state)
         np.testing.assert_allclose(out, trajectory[name][t], rtol=1e-4, atol=1e-5,
                                    err_msg=f"step {t}")
     assert int(state.inner.count) == len(trajectory["jacobians"])
@@ -74,20 +64,20 @@ def test_qp_solution_satisfies_kkt():
 def test_special_cases():
     # a zero primary gradient: zero update
     matrix = np.array([[0.0, 0.0, 0.0], [1.0, 2.0, 0.0]])
-    out, _ = _run(priority.pcd(num_objectives=2), matrix)
+    out, _ = run(priority.pcd(num_objectives=2), matrix)
     np.testing.assert_array_equal(out, 0.0)
     # two anti-parallel secondaries (infeasible constraints): the primary gradient itself
     matrix = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, -1.0, 0.0]])
-    out, _ = _run(priority.pcd(tau=0.5, num_objectives=3), matrix)
+    out, _ = run(priority.pcd(tau=0.5, num_objectives=3), matrix)
     np.testing.assert_allclose(out, matrix[0], rtol=1e-6)
     # no conflict: the primary gradient, rescaled to its own norm (so unchanged)
     matrix = np.array([[1.0, 0.5, 0.0], [1.0, 0.0, 0.0]])
-    out, _ = _run(priority.pcd(tau=0.02, num_objectives=2), matrix)
+    out, _ = run(priority.pcd(tau=0.02, num_objectives=2), matrix)
     np.testing.assert_allclose(out, matrix[0], rtol=1e-6)
     # non-finite input: NaN weights, the moving average unchanged
     agg = priority.pcd(num_objectives=2)
-    _, state = _run(agg, np.eye(2))
-    out, nan_state = _run(agg, np.array([[np.nan, 0.0], [0.0, 1.0]]), state)
+    _, state = run(agg, np.eye(2))
+    out, nan_state = run(agg, np.array([[np.nan, 0.0], [0.0, 1.0]]), state)
     assert np.all(np.isnan(out)) and np.all(np.isnan(nan_state.weights))
     np.testing.assert_array_equal(nan_state.inner.sq_norm_ema, state.inner.sq_norm_ema)
 

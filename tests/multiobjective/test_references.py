@@ -1,26 +1,15 @@
 """UPGrad, DualProj, MGDA, CAGrad, ConFIG, PCGrad, M-ConFIG against torchjd and conflictfree."""
 
-import json
-import pathlib
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from zoo import J_BASE, as_tree, flat, matrices
+from zoo import J_BASE, golden, matrices, run
 
 from jaxreg.multiobjective import conflict_free, dual_cone, min_norm, surgery
 
-GOLDEN = json.loads((pathlib.Path(__file__).parent / "golden" / "references.json").read_text())
+GOLDEN = golden("references")
 ZOO = dict(matrices())
-
-
-def _run(aggregator, matrix, state=None):
-    jac = as_tree(matrix)
-    params = jax.tree.map(lambda x: jnp.zeros(x.shape[1:]), jac)
-    state = aggregator.init(params) if state is None else state
-    update, state = aggregator.update(jac, state, params)
-    return flat(jax.tree.map(lambda x: np.asarray(x)[None], update))[0], state
 
 
 # torchjd tests/unit/aggregation/test_values.py, J_base = [[-4, 1, 1], [6, 1, 1]], atol 1e-4
@@ -34,7 +23,7 @@ def _run(aggregator, matrix, state=None):
     (lambda: surgery.pcgrad(num_objectives=2), [0.5848, 3.8012, 3.8012], [2.2222, 1.5789]),
 ], ids=["upgrad", "dualproj", "mgda", "cagrad", "config", "pcgrad"])
 def test_torchjd_values_on_j_base(build, output, weights):
-    out, state = _run(build(), J_BASE)
+    out, state = run(build(), J_BASE)
     np.testing.assert_allclose(out, output, atol=1e-4)
     if weights is not None:
         np.testing.assert_allclose(state.weights, weights, atol=1e-4)
@@ -56,7 +45,7 @@ def test_matches_the_reference_packages_on_the_zoo(case):
     for name, build in AGGREGATORS.items():
         if name not in case:
             continue
-        out, _ = _run(build(), matrix)
+        out, _ = run(build(), matrix)
         np.testing.assert_allclose(out, case[name], atol=ATOL.get(name, 5e-4) * scale,
                                    rtol=1e-3, err_msg=f"{name} vs {GOLDEN['source']}")
 
@@ -134,7 +123,7 @@ def test_config_projections_are_equal_and_positive():
     for name, matrix in matrices():
         if np.linalg.matrix_rank(matrix) < len(matrix):
             continue
-        out, _ = _run(conflict_free.config(), matrix)
+        out, _ = run(conflict_free.config(), matrix)
         proj = matrix @ out / np.linalg.norm(matrix, axis=1)
         np.testing.assert_allclose(proj, proj[0], rtol=1e-3, err_msg=name)
         assert proj[0] > 0
@@ -143,7 +132,7 @@ def test_config_projections_are_equal_and_positive():
 def test_momentum_config_matches_conflictfree_step_by_step():
     agg, state = conflict_free.momentum_config(num_objectives=3), None
     for t, step in enumerate(GOLDEN["momentum_config_steps"]):
-        out, state = _run(agg, np.asarray(step["jacobian"]), state)
+        out, state = run(agg, np.asarray(step["jacobian"]), state)
         np.testing.assert_allclose(out, step["output"], rtol=1e-4, atol=1e-5, err_msg=f"step {t}")
 
 

@@ -1,17 +1,15 @@
 """Krum and the trimmed mean against torchjd 0.18, and their limiting cases."""
 
-import json
-import pathlib
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from zoo import as_tree, flat, matrices
+from zoo import as_tree, flat, golden, matrices
 
 from jaxreg.multiobjective import mean, robust
 
-GOLDEN = json.loads((pathlib.Path(__file__).parent / "golden" / "torchjd_new.json").read_text())
+GOLDEN = golden("torchjd_new")
 ZOO = dict(matrices())
 
 

@@ -2,19 +2,17 @@
 scalarizer with respect to the values, over consecutive steps), their limits, and the train
 step's values engine."""
 
-import json
-import pathlib
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from zoo import golden
 
 from jaxreg import train
 from jaxreg.multiobjective import balancing, scalarization, stochastic
 
-GOLDEN = json.loads((pathlib.Path(__file__).parent / "golden" / "torchjd_new.json").read_text())
+GOLDEN = golden("torchjd_new")
 SCALARIZERS = GOLDEN["scalarizers"]
 VALUES = np.asarray(SCALARIZERS["values"])
 

@@ -1,19 +1,17 @@
 """MoDo, SDMGrad and CR-MOGM against torchjd 0.18 (on the zoo and over consecutive calls),
 and the simplex projection they share."""
 
-import json
-import pathlib
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from zoo import as_tree, flat, matrices
+from zoo import as_tree, flat, golden, matrices
 
 from jaxreg.multiobjective import gramian, imtl_g, mgda, stochastic, upgrad
 from jaxreg.multiobjective.weighted import imtl_g_weights
 
-GOLDEN = json.loads((pathlib.Path(__file__).parent / "golden" / "torchjd_new.json").read_text())
+GOLDEN = golden("torchjd_new")
 TRAJECTORY = GOLDEN["trajectories"]
 ZOO = dict(matrices())
 

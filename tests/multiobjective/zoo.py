@@ -47,3 +47,24 @@ def scaled_matrices(seed=0):
     """Each zoo matrix scaled by 0 and 1e-15 .. 1e15 (finite output expected)."""
     return [(f"{name}x{scale:g}", matrix * scale) for name, matrix in matrices(seed)[:4]
             for scale in (0.0, 1e-15, 1e-10, 1e3, 1e5, 1e10, 1e15)]
+
+
+def golden(name):
+    """The golden numbers ``golden/<name>.json`` (computed from the reference packages)."""
+    import json
+    import pathlib
+
+    return json.loads((pathlib.Path(__file__).parent / "golden" / f"{name}.json").read_text())
+
+
+def run(aggregator, matrix, state=None):
+    """One jitted update of ``aggregator`` on the Jacobian ``matrix`` ``[m, n]`` (as a
+    two-leaf tree): ``(flat update [n], state)``."""
+    import jax
+    import jax.numpy as jnp
+
+    jac = as_tree(matrix)
+    params = jax.tree.map(lambda x: jnp.zeros(x.shape[1:]), jac)
+    state = aggregator.init(params) if state is None else state
+    update, state = jax.jit(aggregator.update)(jac, state, params)
+    return flat(jax.tree.map(lambda x: np.asarray(x)[None], update))[0], state
