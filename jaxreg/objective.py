@@ -147,11 +147,12 @@ def term_gradients(objective: Objective, params, batch, hparams, key, example_ro
         ``order`` is given (aggregators with roles, such as Bloop's main objective, need it);
         a ``per_example`` term gives B rows. ``terms`` are scalars (per-example means).
     """
+    from jaxreg.multiobjective.engine import jacobian_engine
+
     def stacked(p):
         terms, new_rows = evaluate(objective, p, batch, hparams, key, example_rows)
         return objective_vector(terms, order), (scalar_terms(terms), new_rows)
 
-    values, vjp_fn, (terms, new_rows) = jax.vjp(stacked, params, has_aux=True)
-    basis = jnp.eye(values.shape[0], dtype=values.dtype)
-    (jacobian,) = jax.vmap(vjp_fn)(basis)
-    return terms, jacobian, new_rows
+    linearized = jacobian_engine(stacked, params)  # what make_step(engine="jacobian") uses
+    terms, new_rows = linearized.aux
+    return terms, linearized.jacobian, new_rows
