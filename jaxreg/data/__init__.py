@@ -1,6 +1,8 @@
 """Data for jaxreg: bundled real datasets (digits, text) as tfds builders, MultiDigits (two
-overlaid digits, two labels), label noise, input pipeline."""
+overlaid digits, two labels), label noise, input pipeline, and image augmentations in JAX
+(``jaxreg.data.augment``)."""
 
+from jaxreg.data import augment
 from jaxreg.data.digits import (
     SklearnDigits,
     data_source,
@@ -27,6 +29,7 @@ __all__ = [
     "SklearnDigits",
     "TextCorpus",
     "asymmetric_noise",
+    "augment",
     "batches",
     "data_source",
     "default_data_dir",
