@@ -10,6 +10,10 @@
 * ``normalized_std``: SimSiam's collapse measure (Chen & He 2021, arXiv 2011.10566, Sec. 4.1,
   Fig. 2): the per-dimension standard deviation of the L2-normalized outputs, averaged over
   dimensions; 0 for a collapsed representation, about ``1/sqrt(d)`` for an isotropic one.
+* ``effective_rank``: RankMe (Garrido et al. 2023, "RankMe: Assessing the Downstream
+  Performance of Pretrained Self-Supervised Representations by Their Rank", arXiv
+  2210.02885, Eq. 1; the effective rank of Roy & Vetterli 2007), which also sees dimensional
+  collapse: 1 for outputs on a line, ``d`` for singular values all equal.
 
 All are pure and jittable, so one call can ``vmap`` over the seeds of a grid.
 """
@@ -82,3 +86,12 @@ def normalized_std(outputs) -> jax.Array:
     z = float_array(outputs, "outputs", min_ndim=2)
     z = z / jnp.maximum(jnp.linalg.norm(z, axis=-1, keepdims=True), 1e-12)
     return jnp.mean(jnp.std(z, axis=0))
+
+
+def effective_rank(outputs, *, eps=1e-7) -> jax.Array:
+    """RankMe: ``exp(-sum_k p_k log p_k)`` with ``p_k = sigma_k / ||sigma||_1 + eps`` over the
+    singular values ``sigma`` of ``outputs [n, d]`` (not centred, as the paper)."""
+    z = float_array(outputs, "outputs", min_ndim=2)
+    sigma = jnp.linalg.svd(z, compute_uv=False)
+    p = sigma / jnp.maximum(jnp.sum(sigma), jnp.finfo(z.dtype).tiny) + eps
+    return jnp.exp(-jnp.sum(p * jnp.log(p)))

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxreg.diagnostics import knn_accuracy, linear_probe, normalized_std
+from jaxreg.diagnostics import effective_rank, knn_accuracy, linear_probe, normalized_std
 
 RNG = np.random.default_rng(0)
 
@@ -61,6 +61,17 @@ def test_normalized_std_is_zero_when_collapsed_and_one_over_root_d_when_isotropi
     assert float(normalized_std(collapsed)) < 1e-6
     isotropic = RNG.normal(size=(4096, 16))
     np.testing.assert_allclose(normalized_std(isotropic), 1 / np.sqrt(16), rtol=0.02)
+
+
+def test_effective_rank_counts_the_used_dimensions():
+    line = np.outer(RNG.normal(size=100), RNG.normal(size=8))
+    np.testing.assert_allclose(effective_rank(line), 1.0, rtol=1e-4)
+    orthogonal = np.linalg.qr(RNG.normal(size=(100, 8)))[0] * 3.0  # equal singular values
+    np.testing.assert_allclose(effective_rank(orthogonal), 8.0, rtol=1e-4)
+    sigma = np.array([4.0, 2.0, 1.0, 1.0])
+    p = sigma / sigma.sum() + 1e-7
+    np.testing.assert_allclose(effective_rank(np.diag(sigma)), np.exp(-np.sum(p * np.log(p))),
+                               rtol=1e-5)
 
 
 def test_labels_must_match_features():
