@@ -13,7 +13,11 @@
 * ``effective_rank``: RankMe (Garrido et al. 2023, "RankMe: Assessing the Downstream
   Performance of Pretrained Self-Supervised Representations by Their Rank", arXiv
   2210.02885, Eq. 1; the effective rank of Roy & Vetterli 2007), which also sees dimensional
-  collapse: 1 for outputs on a line, ``d`` for singular values all equal.
+  collapse: 1 for outputs on a line, ``d`` for singular values all equal. ``center=True``
+  takes it of the centred outputs, i.e. of the covariance spectrum, as Jing et al. 2022
+  ("Understanding Dimensional Collapse in Contrastive Self-supervised Learning", arXiv
+  2110.09348) do: for losses that ignore the outputs' mean (Barlow Twins, VICReg) an
+  arbitrary mean would otherwise read as collapse.
 
 All are pure and jittable, so one call can ``vmap`` over the seeds of a grid.
 """
@@ -88,10 +92,13 @@ def normalized_std(outputs) -> jax.Array:
     return jnp.mean(jnp.std(z, axis=0))
 
 
-def effective_rank(outputs, *, eps=1e-7) -> jax.Array:
+def effective_rank(outputs, *, center: bool = False, eps=1e-7) -> jax.Array:
     """RankMe: ``exp(-sum_k p_k log p_k)`` with ``p_k = sigma_k / ||sigma||_1 + eps`` over the
-    singular values ``sigma`` of ``outputs [n, d]`` (not centred, as the paper)."""
+    singular values ``sigma`` of ``outputs [n, d]`` (not centred, as the paper, unless
+    ``center``)."""
     z = float_array(outputs, "outputs", min_ndim=2)
+    if center:
+        z = z - jnp.mean(z, axis=0)
     sigma = jnp.linalg.svd(z, compute_uv=False)
     p = sigma / jnp.maximum(jnp.sum(sigma), jnp.finfo(z.dtype).tiny) + eps
     return jnp.exp(-jnp.sum(p * jnp.log(p)))

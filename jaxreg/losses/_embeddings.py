@@ -61,11 +61,11 @@ def temperature(value, name: str = "temperature"):
 
 
 def normalize(x, eps: float = 1e-12) -> jax.Array:
-    """``x / max(||x||, eps)`` along the last axis (``torch.nn.functional.normalize``)."""
-    norm = jnp.linalg.norm(x, axis=-1, keepdims=True)
-    # The norm's gradient at 0 is NaN; the branch below the floor never uses it.
-    safe = jnp.where(norm > eps, norm, 1.0)
-    return x / jnp.where(norm > eps, safe, eps)
+    """``x / max(||x||, eps)`` along the last axis (``torch.nn.functional.normalize``), with
+    a finite gradient at ``x = 0`` (the norm is never differentiated below the floor)."""
+    squared = jnp.sum(jnp.square(x), axis=-1, keepdims=True)
+    above = squared > eps * eps
+    return x / jnp.where(above, jnp.sqrt(jnp.where(above, squared, 1.0)), eps)
 
 
 def gather(x, axis_name) -> jax.Array:

@@ -72,6 +72,12 @@ def test_effective_rank_counts_the_used_dimensions():
     p = sigma / sigma.sum() + 1e-7
     np.testing.assert_allclose(effective_rank(np.diag(sigma)), np.exp(-np.sum(p * np.log(p))),
                                rtol=1e-5)
+    # a large common offset: one direction uncentred, the spread's rank once centred
+    spread = RNG.normal(size=(500, 8))
+    assert float(effective_rank(spread + 100.0)) < 1.5
+    np.testing.assert_allclose(effective_rank(spread + 100.0, center=True),
+                               effective_rank(spread - spread.mean(0)), rtol=1e-4)
+    assert float(effective_rank(spread, center=True)) > 7
 
 
 def test_labels_must_match_features():
