@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import inspect
+import math
 import re
 from collections.abc import Callable, Mapping
 from types import MappingProxyType
@@ -21,7 +22,14 @@ from types import MappingProxyType
 import optax
 import optax.contrib
 
-from jaxreg.losses import classification, noisy_labels, self_distillation
+from jaxreg.losses import (
+    classification,
+    contrastive,
+    metric,
+    noisy_labels,
+    self_distillation,
+    self_supervised,
+)
 from jaxreg.multiobjective import (
     auxiliary,
     balancing,
@@ -102,6 +110,29 @@ INPUT_KINDS = {
     "hypergradient": ("fn(train_loss, val_loss, params, hparams) -> dval_loss/dhparams (like "
                       "hparams); both losses (params, hparams) -> scalar"),
     "source, mapped": "source points [N, D], their images under a map [N, D] -> scalar",
+    # Embedding losses (tests/losses/test_embedding_contract.py); batch-level ones take
+    # axis_name and gather the global batch across devices.
+    "z0, z1": ("two views [N, D] of one batch (row i of each a positive pair) -> loss [N], or "
+               "a batch-level scalar"),
+    "image, text, logit_scale": ("paired embeddings [N, D] and [N, D], a learned log inverse "
+                                 "temperature -> loss [N]"),
+    "views, labels": "features [N, V, D] (V views), labels [N] int or None -> loss [N]",
+    "embeddings, labels": "embeddings [N, D], labels [N] int -> loss [N], or a scalar",
+    "embeddings, labels, proxies": ("embeddings [N, D], labels [N] int, trained class proxies "
+                                    "[K, D] -> scalar"),
+    "anchors, positives, negatives": "anchors, positives, negatives [N, D] -> loss [N]",
+    "features, centers, labels, state": ("as features, centers, labels, with running statistics "
+                                         "-> (loss [B], new state)"),
+    "utterances, w, b": ("embeddings [S speakers, U utterances, D], learned scale w > 0 and bias "
+                         "b -> loss [S, U]"),
+    "embeddings": "embeddings [N, D] -> loss [N], or a batch-level scalar",
+    "z0, z1, z_mixed, ratio, permutation": (
+        "two views [N, D], the embeddings of mixed inputs [N, D], the mixing ratio and the "
+        "batch permutation mixed in -> scalar"),
+    "views, key": "views [V, N, D], PRNG key (sub-batch permutations) -> scalar",
+    "student, teacher, center": ("student [Vs, N, K] and teacher [Vt, N, K] logits, teacher "
+                                 "center [K] -> (loss [N], new center)"),
+    "scores": "prototype scores [V, N, K] of V views -> loss [N]",
 }
 
 # What an aggregator reads (``reads``), and so which make_step engines serve it.
@@ -168,6 +199,9 @@ _MULTITYPE = ("Machine Learning with Multitype Protected Attributes: Intersectio
 _ORTHOGONAL_CNN = ("Existence, Stability and Scalability of Orthogonal Convolutional Neural "
                    "Networks (2022)")
 _REHEARSAL_FREE = "A Closer Look at Rehearsal-Free Continual Learning (2023)"
+_DCL = "Decoupled Contrastive Learning (2022)"
+_ALIGN_UNIFORM = ("Understanding Contrastive Representation Learning through Alignment and "
+                  "Uniformity on the Hypersphere (2020)")
 
 ENTRIES: tuple[Entry, ...] = (
     # -- Classification -------------------------------------------------------------------
@@ -264,6 +298,121 @@ ENTRIES: tuple[Entry, ...] = (
           "Self-Knowledge Distillation with Progressive Refinement of Targets (2021)",
           "2006.12000", "lgcnsai/PS-KD-Pytorch loss/pskd_loss.py and main.py (targets, alpha_t)",
           inputs="logits, labels, example_state", hparams={"alpha": 0.8}),
+    # -- Contrastive ----------------------------------------------------------------------
+    Entry("info_nce", contrastive.info_nce, "contrastive",
+          "Representation Learning with Contrastive Predictive Coding (2018)", "1807.03748",
+          "RElbers/info-nce-pytorch InfoNCE (no negative keys); symmetric=True: open_clip "
+          "ClipLoss at logit scale 1/T", inputs="z0, z1", hparams={"temperature": 0.07}),
+    Entry("clip", contrastive.clip, "contrastive",
+          "Improved baselines for vision-language pre-training (2023)", "2305.16999",
+          "mlfoundations/open_clip src/open_clip/loss.py ClipLoss (logit scale clamped at "
+          "log 100 as its training loop)", inputs="image, text, logit_scale",
+          hparams={"max_logit_scale": math.log(100.0)}),
+    Entry("supervised_contrastive", contrastive.supervised_contrastive, "contrastive",
+          "Supervised Contrastive Learning (2020)", "2004.11362",
+          "HobbitLong/SupContrast losses.py SupConLoss (L_out, T/base_T); base_temperature=None:"
+          " pytorch-metric-learning 2.9 SupConLoss", inputs="views, labels",
+          hparams={"temperature": 0.07, "base_temperature": 0.07}),
+    Entry("ntxent", optax.losses.ntxent, "contrastive",
+          "A Simple Framework for Contrastive Learning of Visual Representations (2020)",
+          "2002.05709", "optax.losses.ntxent (= lightly 1.6 NTXentLoss with the views as labels)",
+          inputs="embeddings, labels", hparams={"temperature": 0.07}, provider="optax"),
+    Entry("decoupled_contrastive", contrastive.decoupled_contrastive, "contrastive",
+          _DCL, "2110.06848", "lightly 1.6 DCLLoss", inputs="z0, z1",
+          hparams={"temperature": 0.1}),
+    Entry("decoupled_contrastive_weighted", contrastive.decoupled_contrastive_weighted,
+          "contrastive", _DCL, "2110.06848", "lightly 1.6 DCLWLoss", inputs="z0, z1",
+          hparams={"temperature": 0.1, "sigma": 0.5},
+          stops_gradient="the von Mises-Fisher weights of the positives (as lightly)"),
+    Entry("alignment", contrastive.alignment, "contrastive", _ALIGN_UNIFORM, "2005.10242",
+          "SsnL/align_uniform align_loss", inputs="z0, z1", hparams={"alpha": 2.0}),
+    Entry("uniformity", contrastive.uniformity, "contrastive", _ALIGN_UNIFORM, "2005.10242",
+          "SsnL/align_uniform uniform_loss (t=2; lightly HypersphereLoss uses t=1)",
+          inputs="embeddings", hparams={"t": 2.0}),
+    # -- Metric learning and margin softmax ------------------------------------------------
+    Entry("pair_contrastive", contrastive.pair_contrastive, "metric",
+          "Dimensionality Reduction by Learning an Invariant Mapping (2006)", "-",
+          "pytorch-metric-learning 2.9 ContrastiveLoss (LpDistance, AvgNonZeroReducer)",
+          inputs="embeddings, labels", hparams={"pos_margin": 0.0, "neg_margin": 1.0}),
+    Entry("triplet", optax.losses.triplet_margin_loss, "metric",
+          "Learning local feature descriptors with triplets and shallow convolutional neural "
+          "networks (2016)", "-", "optax.losses.triplet_margin_loss (= torch.nn."
+          "TripletMarginLoss up to where eps enters)", inputs="anchors, positives, negatives",
+          hparams={"margin": 1.0}, provider="optax"),
+    Entry("circle", metric.circle, "metric",
+          "Circle Loss: A Unified Perspective of Pair Similarity Optimization (2020)",
+          "2002.10857", "pytorch-metric-learning 2.9 CircleLoss", inputs="embeddings, labels",
+          hparams={"margin": 0.4, "gamma": 80.0},
+          stops_gradient="the pair weights alpha_p, alpha_n (as the paper and PML)"),
+    Entry("multi_similarity", metric.multi_similarity, "metric",
+          "Multi-Similarity Loss with General Pair Weighting for Deep Metric Learning (2019)",
+          "1904.06627", "pytorch-metric-learning 2.9 MultiSimilarityLoss (no miner)",
+          inputs="embeddings, labels", hparams={"alpha": 2.0, "beta": 50.0, "base": 0.5}),
+    Entry("proxy_anchor", metric.proxy_anchor, "metric",
+          "Proxy Anchor Loss for Deep Metric Learning (2020)", "2003.13911",
+          "pytorch-metric-learning 2.9 ProxyAnchorLoss", inputs="embeddings, labels, proxies",
+          hparams={"margin": 0.1, "alpha": 32.0}),
+    Entry("additive_margin_softmax", metric.additive_margin_softmax, "metric",
+          "Additive Margin Softmax for Face Verification (2018)", "1801.05599",
+          "pytorch-metric-learning 2.9 CosFaceLoss(margin=0.35, scale=30)",
+          inputs="features, centers, labels", hparams={"scale": 30.0, "margin": 0.35}),
+    Entry("cosface", metric.cosface, "metric",
+          "CosFace: Large Margin Cosine Loss for Deep Face Recognition (2018)", "1801.09414",
+          "pytorch-metric-learning 2.9 CosFaceLoss (insightface CosFace: margin 0.40)",
+          inputs="features, centers, labels", hparams={"scale": 64.0, "margin": 0.35}),
+    Entry("arcface", metric.arcface, "metric",
+          "ArcFace: Additive Angular Margin Loss for Deep Face Recognition (2019)", "1801.07698",
+          "insightface arcface_torch losses.py ArcFace (margin in radians; PML ArcFaceLoss "
+          "takes degrees)", inputs="features, centers, labels",
+          hparams={"scale": 64.0, "margin": 0.5}),
+    Entry("adaface", metric.adaface, "metric",
+          "AdaFace: Quality Adaptive Margin for Face Recognition (2022)", "2204.00964",
+          "mk-minchul/AdaFace head.py AdaFace (class defaults)",
+          inputs="features, centers, labels, state",
+          hparams={"margin": 0.4, "h": 0.333, "scale": 64.0, "t_alpha": 1.0},
+          stops_gradient="the feature norms, their running statistics and the margin scaler"),
+    Entry("ge2e", metric.ge2e, "metric",
+          "Generalized End-to-End Loss for Speaker Verification (2018)", "1710.10467",
+          "CorentinJ/Real-Time-Voice-Cloning encoder/model.py (softmax); contrast variant from "
+          "the paper", inputs="utterances, w, b"),
+    # -- Self-supervised (non-contrastive) ---------------------------------------------------
+    Entry("barlow_twins", self_supervised.barlow_twins, "self_supervised",
+          "Barlow Twins: Self-Supervised Learning via Redundancy Reduction (2021)", "2103.03230",
+          "facebookresearch/barlowtwins main.py (lambd 0.0051); lightly 1.6 BarlowTwinsLoss "
+          "(5e-3)", inputs="z0, z1", hparams={"lambda_": 0.0051, "eps": 1e-5}),
+    Entry("mixed_barlow_twins", self_supervised.mixed_barlow_twins, "self_supervised",
+          "Guarding Barlow Twins Against Overfitting with Mixed Samples (2023)", "2312.02151",
+          "wgcban/mix-bt main.py (its CIFAR-10 defaults)",
+          inputs="z0, z1, z_mixed, ratio, permutation",
+          hparams={"lambda_": 0.0078125, "mixed_lambda": 4.0}),
+    Entry("vicreg", self_supervised.vicreg, "self_supervised",
+          "VICReg: Variance-Invariance-Covariance Regularization for Self-Supervised Learning "
+          "(2022)", "2105.04906", "facebookresearch/vicreg main_vicreg.py (= lightly 1.6 "
+          "VICRegLoss)", inputs="z0, z1",
+          hparams={"sim_coeff": 25.0, "std_coeff": 25.0, "cov_coeff": 1.0, "eps": 1e-4}),
+    Entry("w_mse", self_supervised.w_mse, "self_supervised",
+          "Whitening for Self-Supervised Representation Learning (2021)", "2007.06346",
+          "htdt/self-supervised methods/w_mse.py and whitening.py (lightly 1.6 WMSELoss)",
+          inputs="views, key", hparams={"eps": 0.0}),
+    Entry("negative_cosine", self_supervised.negative_cosine, "self_supervised",
+          "Exploring Simple Siamese Representation Learning (2021)", "2011.10566",
+          "lightly 1.6 NegativeCosineSimilarity (which does not detach: stop_gradient=False)",
+          inputs="z0, z1", hparams={"eps": 1e-8},
+          stops_gradient="the targets (the SimSiam / BYOL stop-gradient)"),
+    Entry("dino", self_supervised.dino, "self_supervised",
+          "Emerging Properties in Self-Supervised Vision Transformers (2021)", "2104.14294",
+          "lightly 1.6 DINOLoss", inputs="student, teacher, center",
+          hparams={"student_temperature": 0.1, "teacher_temperature": 0.04,
+                   "center_momentum": 0.9},
+          stops_gradient="the teacher and its center"),
+    Entry("swav", self_supervised.swav, "self_supervised",
+          "Unsupervised Learning of Visual Features by Contrasting Cluster Assignments (2020)",
+          "2006.09882", "lightly 1.6 SwaVLoss (its Sinkhorn-Knopp, in log space)",
+          inputs="scores", hparams={"temperature": 0.1, "sinkhorn_epsilon": 0.05},
+          stops_gradient="the Sinkhorn-Knopp codes"),
+    Entry("koleo", self_supervised.koleo, "self_supervised",
+          "Spreading vectors for similarity search (2019)", "1806.03198",
+          "lightly 1.6 KoLeoLoss", inputs="embeddings", hparams={"eps": 1e-8}),
     # -- Multi-objective aggregation ------------------------------------------------------
     Entry("mean", weighted.mean, "multiobjective", "(baseline) average of the gradients", "-",
           _TORCHJD + " Mean", inputs="jacobian",

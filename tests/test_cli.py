@@ -16,7 +16,7 @@ def test_list_prints_every_entry(capsys):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["run", "nope"], "unknown experiment 'nope'; available: auxiliary, fairness"),
+    (["run", "nope"], "unknown experiment 'nope'; available: auxiliary, contrastive, fairness"),
     (["list", "--family", "nope"], "unknown family 'nope'"),
     (["show", "generalised_cross_entropy"], "(did you mean generalized_cross_entropy"),
     (["grid", "--loss", "nope", "--set", "q=1"], "unknown component 'nope'; the catalog has:"),

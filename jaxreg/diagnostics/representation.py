@@ -8,8 +8,9 @@
   Collapse during the Terminal Phase of Deep Learning Training", PNAS 2020, arXiv:2008.08186,
   Sec. 3 and Fig. 2-7 (as tracked in "Perturbation Analysis of Neural Collapse").
 
-All are jit/vmap-safe; ``alignment`` and ``uniformity`` are differentiable everywhere (they are
-also used as losses).
+All are jit/vmap-safe. ``alignment`` and ``uniformity`` are the batch means of the losses
+``jaxreg.losses.contrastive.alignment`` and ``uniformity``, which they call (differentiable
+everywhere; the losses also take ``axis_name``).
 """
 
 from __future__ import annotations
@@ -17,17 +18,13 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from jaxreg._validate import float_array, same_shape
-
-
-def _unit(x, normalize):
-    if not normalize:
-        return x
-    return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+from jaxreg._validate import float_array
+from jaxreg.losses import contrastive
 
 
 def alignment(x, y, *, alpha=2.0, normalize: bool = True) -> jax.Array:
-    """``E ||f(x) - f(y)||^alpha`` over positive pairs (Wang & Isola 2020, Eq. 4).
+    """``E ||f(x) - f(y)||^alpha`` over positive pairs (Wang & Isola 2020, Eq. 4): the mean of
+    :func:`jaxreg.losses.contrastive.alignment`.
 
     Args:
         x: features ``[n, d]``.
@@ -39,19 +36,13 @@ def alignment(x, y, *, alpha=2.0, normalize: bool = True) -> jax.Array:
     Returns:
         A scalar.
     """
-    x = float_array(x, "x", min_ndim=2)
-    y = float_array(y, "y", min_ndim=2)
-    same_shape(x, y, "x", "y")
-    squared = jnp.sum(jnp.square(_unit(x, normalize) - _unit(y, normalize)), axis=-1)
-    # ||.||^alpha as (||.||^2)^(alpha / 2), with the zero distance kept differentiable.
-    safe = jnp.where(squared > 0, squared, 1.0)
-    return jnp.mean(jnp.where(squared > 0, safe ** (alpha / 2), 0.0))
+    return jnp.mean(contrastive.alignment(x, y, alpha=alpha, normalize=normalize))
 
 
 def uniformity(x, *, t=2.0, normalize: bool = True) -> jax.Array:
     """``log E_{i<j} exp(-t ||f(x_i) - f(x_j)||^2)`` over distinct pairs (Wang & Isola 2020,
     Eq. 5; the official ``torch.pdist(x).pow(2).mul(-t).exp().mean().log()``), in a stable
-    log-sum-exp form.
+    log-sum-exp form: :func:`jaxreg.losses.contrastive.uniformity`.
 
     Args:
         x: features ``[n, d]``, ``n >= 2``.
@@ -61,16 +52,7 @@ def uniformity(x, *, t=2.0, normalize: bool = True) -> jax.Array:
     Returns:
         A scalar, at most 0; lower is more uniform.
     """
-    x = float_array(x, "x", min_ndim=2)
-    n = x.shape[0]
-    if n < 2:
-        raise ValueError(f"`x` needs at least 2 rows to form a pair, got shape {x.shape}.")
-    x = _unit(x, normalize)
-    sq = jnp.sum(jnp.square(x), axis=-1)
-    distances = jnp.maximum(sq[:, None] + sq[None, :] - 2 * x @ x.T, 0.0)
-    upper = jnp.triu(jnp.ones((n, n), bool), k=1)
-    logits = jnp.where(upper, -t * distances, -jnp.inf)
-    return jax.nn.logsumexp(logits) - jnp.log(n * (n - 1) / 2)
+    return contrastive.uniformity(x, t=t, normalize=normalize)
 
 
 def neural_collapse(features, labels, num_classes: int, *, classifier=None,
