@@ -270,6 +270,27 @@ def claims(results: dict, sweep: dict, batch_sizes, projection_dim: int) -> list
     return verdicts
 
 
+def untrained_lines(results: dict, projection_dim: int) -> list[str]:
+    """Each method's few-label probe against the untrained network's (paired over seeds), and
+    the methods SimSiam's measure calls collapsed (normalized std under a fifth of
+    ``1/sqrt(d)``): observations, not claims."""
+    if "random" not in results:
+        return ["(the `random` row was not run)"]
+    base = results["random"]["fewshot_accuracy"]
+    lines = []
+    for method, r in results.items():
+        if method != "random":
+            d, se = _paired(r["fewshot_accuracy"], base)
+            verdict = ("above it by more than 2 SE" if d > 2 * se else
+                       "below it by more than 2 SE" if d < -2 * se else "within 2 SE")
+            lines.append(f"- {method}: {100 * d:+.1f} ± {100 * se:.1f} points ({verdict})")
+    floor = 0.2 / np.sqrt(projection_dim)
+    collapsed = [m for m, r in results.items() if np.mean(r["normalized_std"]) < floor]
+    lines += ["", "Normalized std below a fifth of 1/sqrt(d) (collapsed in SimSiam's measure): "
+              + (", ".join(collapsed) if collapsed else "none") + "."]
+    return lines
+
+
 def _plot(results, sweep, batch_sizes, embeddings, path):
     import matplotlib
     matplotlib.use("Agg")
@@ -354,6 +375,11 @@ def run(config, out_dir: str, progress: bool) -> dict:
         "encoder's output h (test split); alignment, uniformity (t = 2) and normalized std "
         "on the projections z of two views of the test images; mean ± std over seeds. The "
         "whole protocol is `config.json` beside this file.", "", table, "",
+        "## Against the untrained encoder", "",
+        f"{config.evaluation.fewshot_per_class}-label probe accuracy minus the untrained "
+        "network's, paired over seeds (observations, not pre-registered claims):", "",
+        *untrained_lines(results,
+                                                             config.model.projector[-1]), "",
         "## Batch size", "", sweep_table, "",
         "## The papers' claims", "", "Pre-registered tests (paired over seeds):", "",
         *[c.line() for c in verdicts]])

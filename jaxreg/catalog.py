@@ -23,6 +23,7 @@ import optax
 import optax.contrib
 
 from jaxreg.losses import (
+    chunked,
     classification,
     contrastive,
     metric,
@@ -133,6 +134,9 @@ INPUT_KINDS = {
     "student, teacher, center": ("student [Vs, N, K] and teacher [Vt, N, K] logits, teacher "
                                  "center [K] -> (loss [N], new center)"),
     "scores": "prototype scores [V, N, K] of V views -> loss [N]",
+    "encode, loss_fn, params, inputs": (
+        "encode(params, inputs chunk) -> embeddings, loss_fn(params, embeddings) -> scalar, "
+        "params, inputs batched on axis 0 -> (loss, gradient), one chunk's activations alive"),
 }
 
 # What an aggregator reads (``reads``), and so which make_step engines serve it.
@@ -200,6 +204,8 @@ _ORTHOGONAL_CNN = ("Existence, Stability and Scalability of Orthogonal Convoluti
                    "Networks (2022)")
 _REHEARSAL_FREE = "A Closer Look at Rehearsal-Free Continual Learning (2023)"
 _DCL = "Decoupled Contrastive Learning (2022)"
+_INF_CL = ("Breaking the Memory Barrier: Near Infinite Batch Size Scaling for Contrastive Loss "
+           "(2024)")
 _ALIGN_UNIFORM = ("Understanding Contrastive Representation Learning through Alignment and "
                   "Uniformity on the Hypersphere (2020)")
 
@@ -329,6 +335,20 @@ ENTRIES: tuple[Entry, ...] = (
     Entry("uniformity", contrastive.uniformity, "contrastive", _ALIGN_UNIFORM, "2005.10242",
           "SsnL/align_uniform uniform_loss (t=2; lightly HypersphereLoss uses t=1)",
           inputs="embeddings", hparams={"t": 2.0}),
+    Entry("chunked_info_nce", chunked.chunked_info_nce, "contrastive", _INF_CL, "2410.17243",
+          "jaxreg info_nce (dense): equal values and gradients in O(N chunk) memory",
+          inputs="z0, z1", hparams={"temperature": 0.07}),
+    Entry("chunked_supervised_contrastive", chunked.chunked_supervised_contrastive,
+          "contrastive", _INF_CL, "2410.17243",
+          "jaxreg supervised_contrastive (dense; = HobbitLong/SupContrast SupConLoss)",
+          inputs="views, labels", hparams={"temperature": 0.07, "base_temperature": 0.07}),
+    Entry("chunked_decoupled_contrastive", chunked.chunked_decoupled_contrastive, "contrastive",
+          _INF_CL, "2410.17243", "jaxreg decoupled_contrastive (dense; = lightly 1.6 DCLLoss)",
+          inputs="z0, z1", hparams={"temperature": 0.1}),
+    Entry("gradient_cache", chunked.gradient_cache, "contrastive",
+          "Scaling Deep Contrastive Learning Batch Size under Memory Limited Setup (2021)",
+          "2101.06983", "jax.value_and_grad of the whole batch (luyug/GradCache's procedure)",
+          inputs="encode, loss_fn, params, inputs"),
     # -- Metric learning and margin softmax ------------------------------------------------
     Entry("pair_contrastive", contrastive.pair_contrastive, "metric",
           "Dimensionality Reduction by Learning an Invariant Mapping (2006)", "-",

@@ -4,6 +4,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
@@ -70,3 +71,16 @@ def test_scaling_benchmark_shows_fsdp_dividing_the_bytes():
     assert table["fsdp", 2][2] < 0.6 * table["fsdp", 1][2]  # halved, but for the norms
     assert table["fsdp", 2][3] < 0.6 * table["fsdp", 1][3]
     assert all(row[-1] < 1e-5 for row in table.values())
+
+
+def test_contrastive_memory_benchmark_shows_linear_memory_and_equal_gradients():
+    rows = run("contrastive_memory.py", "--quick")
+    assert sorted(rows) == sorted(f"{loss} N={n}" for loss in ("clip", "supcon", "dcl")
+                                  for n in (256, 1024))
+    for loss in ("clip", "supcon", "dcl"):
+        small, large = rows[f"{loss} N=256"], rows[f"{loss} N=1024"]
+        # columns: dense MiB, chunked MiB, x memory, dense ms, chunked ms, x time, rel |dg|
+        assert large[0] > 10 * small[0]  # dense: quadratic in N (16x for 4x the batch)
+        assert large[1] < 6 * small[1]  # chunked: linear plus O(N D)
+        assert small[-1] < 1e-5  # same gradient where both ran
+        assert np.isnan(large[3]) and large[4] > 0  # "does not fit" at the quick limit

@@ -4,11 +4,18 @@ Every function here is in ``jaxreg.catalog`` with its paper and the reference it
 Modules by family: ``classification``, ``noisy_labels``, ``self_distillation``,
 ``contrastive`` (InfoNCE/CLIP, SupCon, DCL, alignment and uniformity), ``metric`` (pair and
 proxy losses, margin-softmax heads, GE2E), ``self_supervised`` (Barlow Twins, VICReg, W-MSE,
-SimSiam/BYOL, DINO, SwAV, KoLeo). Batch-level losses return the per-anchor losses where the
-reference averages over anchors and a scalar where it is a statistic of the batch; they take
-``axis_name`` to gather the global batch across devices.
+SimSiam/BYOL, DINO, SwAV, KoLeo), ``chunked`` (the softmax contrastive losses in memory
+linear in the batch, and the gradient cache). Batch-level losses return the per-anchor losses
+where the reference averages over anchors and a scalar where it is a statistic of the batch;
+they take ``axis_name`` to gather the global batch across devices.
 """
 
+from jaxreg.losses.chunked import (
+    chunked_decoupled_contrastive,
+    chunked_info_nce,
+    chunked_supervised_contrastive,
+    gradient_cache,
+)
 from jaxreg.losses.classification import (
     asymmetric,
     comp_sum,
@@ -80,10 +87,12 @@ from jaxreg.losses.self_supervised import (
 
 __all__ = [
     "AdaFaceState", "active_passive", "adaface", "adaface_init", "additive_margin_softmax",
-    "alignment", "arcface", "asymmetric", "barlow_twins", "circle", "clip", "comp_sum",
+    "alignment", "arcface", "asymmetric", "barlow_twins", "chunked_decoupled_contrastive",
+    "chunked_info_nce", "chunked_supervised_contrastive", "circle", "clip", "comp_sum",
     "cosface", "cross_entropy", "decoupled_contrastive",
     "decoupled_contrastive_weighted", "dino", "elr", "encouraging", "ge2e",
-    "generalized_cross_entropy", "harmonic", "info_nce", "initial_predictions", "koleo",
+    "generalized_cross_entropy", "gradient_cache", "harmonic", "info_nce",
+    "initial_predictions", "koleo",
     "label_distributionally_robust", "ldam", "logit_adjusted", "mae", "mixed_barlow_twins",
     "mixup_views", "multi_similarity", "negative_cosine", "normalized_cross_entropy",
     "normalized_focal", "normalized_generalized_cross_entropy", "pair_contrastive",

@@ -29,6 +29,18 @@ def test_claims_follow_the_rules():
     assert contrastive.claims({}, {}, [128], 32) == []
 
 
+def test_untrained_lines_compare_paired_and_flag_collapse():
+    results = {"random": {"fewshot_accuracy": [0.80, 0.82, 0.81], "normalized_std": [0.1] * 3},
+               "a": {"fewshot_accuracy": [0.90, 0.91, 0.92], "normalized_std": [0.1] * 3},
+               "b": {"fewshot_accuracy": [0.70, 0.72, 0.71], "normalized_std": [0.001] * 3},
+               "c": {"fewshot_accuracy": [0.79, 0.84, 0.80], "normalized_std": [0.1] * 3}}
+    lines = contrastive.untrained_lines(results, 16)
+    assert lines[0] == "- a: +10.0 ± 0.6 points (above it by more than 2 SE)"
+    assert lines[1] == "- b: -10.0 ± 0.0 points (below it by more than 2 SE)"
+    assert lines[2].endswith("(within 2 SE)")
+    assert lines[-1].endswith("measure): b.")
+
+
 @pytest.mark.parametrize("method", [m for m in contrastive.METHODS if m != "random"])
 def test_every_method_has_a_finite_differentiable_loss(method):
     config = contrastive.get_config()
