@@ -99,6 +99,7 @@ def _runners():
     sys.path.insert(0, str(HERE / "multiobjective"))
     zoo = _load("x64_zoo", HERE / "multiobjective" / "zoo.py")
     losses = _load("x64_loss_contract", HERE / "test_contract.py")
+    embedding = _load("x64_embedding_contract", HERE / "losses" / "test_embedding_contract.py")
     regularizers = _load("x64_regularizer_contract", HERE / "regularizers" / "test_contract.py")
 
     def cast(tree, dtype):
@@ -108,6 +109,17 @@ def _runners():
     def loss(entry, dtype):
         args = cast(losses._inputs(entry, jax.random.PRNGKey(4)), dtype)
         return _jit(lambda *a: entry.fn(*a, **entry.hparams))(*args), None
+
+    def embedding_loss(entry, dtype):
+        args = cast(embedding._inputs(entry, jax.random.PRNGKey(4)), dtype)
+        return _jit(lambda *a: embedding._outputs(entry, a, **entry.hparams))(*args), None
+
+    def gradient_cache(entry, dtype):
+        params = {"w": jnp.linspace(-1.0, 1.0, 12, dtype=dtype).reshape(4, 3)}
+        inputs = jnp.linspace(-2.0, 2.0, 32, dtype=dtype).reshape(8, 4)
+        return _jit(lambda p, x: entry.fn(lambda q, c: jnp.tanh(c @ q["w"]),
+                                          lambda q, e: jnp.mean(e ** 2), p, x,
+                                          chunk_size=4))(params, inputs), None
 
     def regularizer(entry, dtype):
         _, args, kwargs = regularizers._inputs(entry, jax.random.PRNGKey(5))
@@ -252,6 +264,8 @@ def _runners():
         "transformation": optimizer, "perturbation": perturbation, "edit": edit,
         "edit search": edit_search, "merge": merge, "hypergradient": hypergradient,
         "objective": objective, "procedure": procedure, "regularizers": regularizer,
+        **{kind: embedding_loss for kind in embedding.KINDS},
+        "encode, loss_fn, params, inputs": gradient_cache,
     }
 
 

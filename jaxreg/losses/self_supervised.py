@@ -59,8 +59,9 @@ def _static_int(value, name: str, *, low: int) -> int:
 
 
 def _global_count(n_local: int, axis_name):
-    """The number of examples in the global batch."""
-    return batch_sum(jnp.float32(n_local), axis_name)
+    """The number of examples in the global batch: an integer (a Python int on one device),
+    so that it promotes to the embeddings' dtype (float64 stays float64)."""
+    return batch_sum(n_local, axis_name)
 
 
 def _at_least_two(z, name: str, axis_name):
@@ -479,13 +480,13 @@ def sinkhorn_knopp(scores, *, epsilon=0.05, iterations=3, axis_name=None):
     check_temperature(epsilon, "epsilon")
     iterations = _static_int(iterations, "iterations", low=0)
     scores = jax.lax.stop_gradient(embeddings(scores, "scores"))
-    batch = _global_count(scores.shape[0], axis_name)
+    log_batch = jnp.log(jnp.asarray(_global_count(scores.shape[0], axis_name), scores.dtype))
     log_q = scores / epsilon
     log_q = log_q - _global_logsumexp(log_q.reshape(1, -1), 1, axis_name).reshape(())
     for _ in range(iterations):
         log_q = log_q - _global_logsumexp(log_q, 0, axis_name)  # each prototype over the batch
-        log_q = log_q - _global_logsumexp(log_q, 1) - jnp.log(batch)  # each example
-    return jnp.exp(log_q + jnp.log(batch))
+        log_q = log_q - _global_logsumexp(log_q, 1) - log_batch  # each example
+    return jnp.exp(log_q + log_batch)
 
 
 def swav(scores, *, crops_for_assign=(0, 1), queue=None, temperature=0.1,

@@ -25,6 +25,11 @@ FAMILIES = ("contrastive", "metric", "self_supervised")
 # gradient_cache is a procedure, not a loss: its module's tests check it against value_and_grad
 ENTRIES = tuple(e for f in FAMILIES for e in catalog.entries(f) if e.name != "gradient_cache")
 IDS = [e.name for e in ENTRIES]
+KINDS = ("z0, z1", "image, text, logit_scale", "views, labels", "embeddings, labels",
+         "embeddings, labels, proxies", "anchors, positives, negatives",
+         "features, centers, labels, state", "utterances, w, b", "embeddings",
+         "z0, z1, z_mixed, ratio, permutation", "views, key", "student, teacher, center",
+         "scores")  # and "features, centers, labels", shared with tests/test_contract.py
 # Keyword arguments an input kind needs beyond the defaults (W-MSE whitens sub-batches of
 # w_size >= 2 D rows, and its default 128 exceeds this batch).
 CALL = {"views, key": {"w_size": 2 * D}}
