@@ -183,6 +183,21 @@ def hyperparameter(value, name: str, *, low=None, high=None, low_open: bool = Fa
     return value
 
 
+def static_int(value, name: str, *, low: int) -> int:
+    """A static (Python) integer hyperparameter ``>= low``: a shape, a count of iterations
+    or samples. Bools and floats raise a ``TypeError``, smaller values a ``ValueError``."""
+    if isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"`{name}` must be an int, got {value!r}.")
+    try:
+        value = operator.index(value)
+    except TypeError:
+        raise TypeError(f"`{name}` must be an int (it is static), got "
+                        f"{type(value).__name__} {value!r}.") from None
+    if value < low:
+        raise ValueError(f"`{name}` must be >= {low}, got {value}.")
+    return value
+
+
 def nonnegative(value, name: str):
     """:func:`hyperparameter` with domain ``[0, inf)``."""
     return hyperparameter(value, name, low=0)

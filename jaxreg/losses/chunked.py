@@ -44,28 +44,14 @@ contrastive batch, the encoder's activations.
 from __future__ import annotations
 
 import functools
-import operator
 
 import jax
 import jax.numpy as jnp
 
+from jaxreg._validate import static_int
 from jaxreg.losses import _embeddings as emb
 
 DEFAULT_CHUNK_SIZE = 1024
-
-
-def _chunk_size(value) -> int:
-    """Checks ``chunk_size``: a static Python int >= 1."""
-    if isinstance(value, bool):
-        raise TypeError(f"`chunk_size` must be a positive int, got {value!r}.")
-    try:
-        value = operator.index(value)
-    except TypeError:
-        raise TypeError(f"`chunk_size` must be a positive int (it is static), got "
-                        f"{type(value).__name__} {value!r}.") from None
-    if value < 1:
-        raise ValueError(f"`chunk_size` must be >= 1, got {value}.")
-    return value
 
 
 # -- The tiled log-sum-exp ---------------------------------------------------------------------
@@ -193,7 +179,7 @@ def chunked_info_nce(queries, keys, *, temperature=0.07, symmetric: bool = False
       ``[N]`` (``[N_local]`` with ``axis_name``) per-pair losses.
     """
     q, k = emb.paired(queries, keys, "queries", "keys")
-    chunk_size = _chunk_size(chunk_size)
+    chunk_size = static_int(chunk_size, "chunk_size", low=1)
     scale = _scale_of(temperature, q.dtype)
     q, k = _unit(q, normalize), _unit(k, normalize)
     positive = scale * jnp.sum(q * k, axis=-1)
@@ -271,7 +257,7 @@ def chunked_supervised_contrastive(features, labels=None, *, temperature=0.07,
                          f"{contrast_mode!r}.")
     local = _local_ids(axis_name, n)
     labels = local if labels is None else emb.labels_for(labels, n)
-    chunk_size = _chunk_size(chunk_size)
+    chunk_size = static_int(chunk_size, "chunk_size", low=1)
     scale = _scale_of(temperature, features.dtype)
     factor = 1.0
     if base_temperature is not None:
@@ -326,7 +312,7 @@ def chunked_decoupled_contrastive(z0, z1, *, temperature=0.1, normalize: bool = 
     if axis_name is None and n < 2:
         raise ValueError(f"`z0` must hold at least 2 examples (one for the negatives), got "
                          f"shape {z0.shape}.")
-    chunk_size = _chunk_size(chunk_size)
+    chunk_size = static_int(chunk_size, "chunk_size", low=1)
     scale = _scale_of(temperature, z0.dtype)
     z0, z1 = _unit(z0, normalize), _unit(z1, normalize)
     local = _local_ids(axis_name, n)
@@ -370,7 +356,7 @@ def gradient_cache(encode, loss_fn, params, inputs, *, chunk_size: int):
     Returns:
       ``(loss, grads)``, ``grads`` shaped like ``params``.
     """
-    chunk_size = _chunk_size(chunk_size)
+    chunk_size = static_int(chunk_size, "chunk_size", low=1)
     sizes = {leaf.shape[0] if jnp.ndim(leaf) else None for leaf in jax.tree.leaves(inputs)}
     if len(sizes) != 1 or None in sizes:
         raise ValueError(f"`inputs` must be arrays batched on axis 0 with one batch size, got "

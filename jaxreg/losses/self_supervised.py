@@ -24,13 +24,11 @@ center, the SwaV codes, the BYOL/SimSiam target.
 
 from __future__ import annotations
 
-import operator
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxreg._validate import float_array, hyperparameter, nonnegative
+from jaxreg._validate import float_array, hyperparameter, nonnegative, static_int
 from jaxreg.losses._embeddings import (
     batch_sum,
     embeddings,
@@ -42,20 +40,6 @@ from jaxreg.losses._embeddings import (
 from jaxreg.losses._embeddings import temperature as check_temperature
 
 # -- Shared pieces ----------------------------------------------------------------------------
-
-
-def _static_int(value, name: str, *, low: int) -> int:
-    """A static (Python) integer hyperparameter ``>= low``."""
-    if isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"`{name}` must be an int, got {value!r}.")
-    try:
-        value = operator.index(value)
-    except TypeError:
-        raise TypeError(f"`{name}` must be an int (it is static), got "
-                        f"{type(value).__name__} {value!r}.") from None
-    if value < low:
-        raise ValueError(f"`{name}` must be >= {low}, got {value}.")
-    return value
 
 
 def _global_count(n_local: int, axis_name):
@@ -344,8 +328,8 @@ def w_mse(views, key, *, w_size=128, w_iter=1, eps=0.0, normalize=True):
     num_views, n, dim = views.shape
     if num_views < 2:
         raise ValueError(f"`views` must hold at least 2 views, got shape {views.shape}.")
-    w_size = _static_int(w_size, "w_size", low=2)
-    w_iter = _static_int(w_iter, "w_iter", low=1)
+    w_size = static_int(w_size, "w_size", low=2)
+    w_iter = static_int(w_iter, "w_iter", low=1)
     if w_size < 2 * dim:
         raise ValueError(f"`w_size` must be at least twice the embedding size, 2 * {dim}, for a "
                          f"stable whitening, got {w_size}.")
@@ -478,7 +462,7 @@ def sinkhorn_knopp(scores, *, epsilon=0.05, iterations=3, axis_name=None):
       axis_name: mesh axis over which the batch is sharded, or None.
     """
     check_temperature(epsilon, "epsilon")
-    iterations = _static_int(iterations, "iterations", low=0)
+    iterations = static_int(iterations, "iterations", low=0)
     scores = jax.lax.stop_gradient(embeddings(scores, "scores"))
     log_batch = jnp.log(jnp.asarray(_global_count(scores.shape[0], axis_name), scores.dtype))
     log_q = scores / epsilon
@@ -523,7 +507,7 @@ def swav(scores, *, crops_for_assign=(0, 1), queue=None, temperature=0.1,
     check_temperature(temperature)
     scores = _views(scores, "scores")
     num_crops, n, k = scores.shape
-    assign = tuple(_static_int(a, "crops_for_assign", low=0) for a in crops_for_assign)
+    assign = tuple(static_int(a, "crops_for_assign", low=0) for a in crops_for_assign)
     if not assign or len(set(assign)) != len(assign) or max(assign) >= num_crops:
         raise ValueError(f"`crops_for_assign` must be distinct crop indices in [0, {num_crops}), "
                          f"got {crops_for_assign}.")

@@ -20,13 +20,13 @@ coordinate by coordinate, so it needs the Jacobian itself (its logged weights ar
 
 from __future__ import annotations
 
-import operator
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
 
+from jaxreg._validate import static_int
 from jaxreg.multiobjective.base import (
     accumulation_dtype,
     from_weighting,
@@ -34,18 +34,6 @@ from jaxreg.multiobjective.base import (
     stateless,
 )
 from jaxreg.multiobjective.base import num_objectives as count_objectives
-
-
-def _count(value, name: str, *, low: int) -> int:
-    """A static integer hyperparameter ``>= low``, or a clear error naming it."""
-    try:
-        number = operator.index(value)
-    except TypeError:
-        raise TypeError(f"`{name}` must be an int, got {type(value).__name__} {value!r}"
-                        ) from None
-    if number < low:
-        raise ValueError(f"`{name}` must be >= {low}, got {number}")
-    return number
 
 
 def krum_weights(gram: jax.Array, *, n_byzantine: int = 0, n_selected: int = 1) -> jax.Array:
@@ -58,8 +46,8 @@ def krum_weights(gram: jax.Array, *, n_byzantine: int = 0, n_selected: int = 1) 
     ``m >= n_selected``; ties go to the lower index.
     """
     m = gram.shape[0]
-    n_byzantine = _count(n_byzantine, "n_byzantine", low=0)
-    n_selected = _count(n_selected, "n_selected", low=1)
+    n_byzantine = static_int(n_byzantine, "n_byzantine", low=0)
+    n_selected = static_int(n_selected, "n_selected", low=1)
     if m < n_byzantine + 3:
         raise ValueError(f"krum with n_byzantine={n_byzantine} needs at least "
                          f"{n_byzantine + 3} objectives (n_byzantine + 3), got {m}")
@@ -89,8 +77,8 @@ def krum(*, n_byzantine: int = 0, n_selected: int = 1, num_objectives: int | Non
     neighbours). Needs ``m >= n_byzantine + 3`` objectives (an error at trace time
     otherwise). Both are Python ints (they fix array sizes).
     """
-    _count(n_byzantine, "n_byzantine", low=0)
-    _count(n_selected, "n_selected", low=1)
+    static_int(n_byzantine, "n_byzantine", low=0)
+    static_int(n_selected, "n_selected", low=1)
     if num_objectives is not None and num_objectives < n_byzantine + 3:
         raise ValueError(f"krum with n_byzantine={n_byzantine} needs at least "
                          f"{n_byzantine + 3} objectives (n_byzantine + 3), got "
@@ -109,7 +97,7 @@ def trimmed_mean_direction(jacobian, trim_number: int):
     """The coordinate-wise trimmed mean of the rows of the Jacobian pytree: per coordinate,
     the mean of the values left after dropping the ``trim_number`` largest and smallest."""
     m = count_objectives(jacobian)
-    trim_number = _count(trim_number, "trim_number", low=0)
+    trim_number = static_int(trim_number, "trim_number", low=0)
     if m < 2 * trim_number + 1:
         raise ValueError(f"trimmed_mean with trim_number={trim_number} needs at least "
                          f"{2 * trim_number + 1} objectives (2 * trim_number + 1), got {m}")
@@ -134,7 +122,7 @@ def trimmed_mean(*, trim_number: int = 1, num_objectives: int | None = None
     ``m >= 2 trim_number + 1`` objectives. Not a weighting of whole gradients: it needs the
     Jacobian (``make_step(engine="jacobian")``, the default for it) and logs NaN weights.
     """
-    _count(trim_number, "trim_number", low=0)
+    static_int(trim_number, "trim_number", low=0)
     if num_objectives is not None and num_objectives < 2 * trim_number + 1:
         raise ValueError(f"trimmed_mean with trim_number={trim_number} needs at least "
                          f"{2 * trim_number + 1} objectives (2 * trim_number + 1), got "

@@ -75,25 +75,12 @@ Integer mixup ``targets`` follow the label rule of ``jaxreg.losses``: concrete o
 
 from __future__ import annotations
 
-import operator
-
 import jax
 import jax.numpy as jnp
 
 from jaxreg import _validate
 from jaxreg.diagnostics import hessian
 from jaxreg.regularizers.domain_generalization import _float_params
-
-
-def _count(value, name: str, minimum: int) -> int:
-    try:
-        value = operator.index(value)
-    except TypeError:
-        raise TypeError(f"`{name}` must be a Python integer (it is static), got "
-                        f"{type(value).__name__}.") from None
-    if value < minimum:
-        raise ValueError(f"`{name}` must be at least {minimum}, got {value}.")
-    return value
 
 
 def _scalar(value, name: str):
@@ -161,7 +148,7 @@ def virtual_adversarial(apply_fn, params, inputs, key, *, strength=1.0, epsilon=
     _validate.check_strength(strength)
     _validate.nonnegative(epsilon, "epsilon")
     _validate.positive(xi, "xi")
-    num_power_iterations = _count(num_power_iterations, "num_power_iterations", 0)
+    num_power_iterations = _validate.static_int(num_power_iterations, "num_power_iterations", low=0)
     params = _float_params(params)
     inputs = _batch(inputs, "inputs")
     strength = _scalar(strength, "strength")
@@ -249,7 +236,7 @@ def jacobian_penalty(apply_fn, params, inputs, key=None, *, strength=1.0,
         The penalty, a scalar.
     """
     _validate.check_strength(strength)
-    num_projections = _count(num_projections, "num_projections", 1)
+    num_projections = _validate.static_int(num_projections, "num_projections", low=1)
     params = _float_params(params)
     inputs = _batch(inputs, "inputs")
     strength = _scalar(strength, "strength")
@@ -329,7 +316,7 @@ def hessian_trace_penalty(loss_fn, params, key, *, strength=1.0,
         The penalty, a scalar (unbiased for ``strength * tr(H)``).
     """
     _validate.check_strength(strength)
-    num_samples = _count(num_samples, "num_samples", 1)
+    num_samples = _validate.static_int(num_samples, "num_samples", low=1)
     strength = _scalar(strength, "strength")
     params = _float_params(params)
     return strength * hessian.hessian_trace(loss_fn, params, key, num_samples=num_samples)
@@ -360,7 +347,7 @@ def mixup(inputs, targets, key, *, alpha=1.0, num_classes: int | None = None,
     if jnp.issubdtype(targets.dtype, jnp.integer):
         if num_classes is None:
             raise ValueError("`num_classes` is required with integer `targets`.")
-        num_classes = _count(num_classes, "num_classes", 1)
+        num_classes = _validate.static_int(num_classes, "num_classes", low=1)
         if targets.shape != (batch,):
             raise ValueError(f"integer `targets` must have shape ({batch},), got "
                              f"{targets.shape}.")
