@@ -185,7 +185,8 @@ def multi_similarity(embeddings, labels, *, alpha=2.0, beta=50.0, base=0.5, axis
     Args:
       embeddings: ``[N, D]`` (the local shard under ``axis_name``).
       labels: integer ``[N]``.
-      alpha, beta: the positive and negative scales, > 0.
+      alpha: the positive pairs' scale, > 0.
+      beta: the negative pairs' scale, > 0.
       base: the similarity offset ``lambda`` (any real).
       axis_name: gather the batch over this mesh axis (see the module docstring).
 
@@ -459,7 +460,8 @@ def ge2e(embeddings, w, b, *, variant="softmax"):
 
     Args:
       embeddings: ``[S, U, D]``.
-      w, b: scalar similarity scale and bias (parameters the caller trains).
+      w: the scalar similarity scale (a parameter the caller trains).
+      b: the scalar similarity bias (a parameter the caller trains).
       variant: ``'softmax'`` or ``'contrast'`` (static).
 
     Returns:

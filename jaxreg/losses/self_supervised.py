@@ -114,7 +114,8 @@ def barlow_twins(z0, z1, *, lambda_=0.0051, eps=1e-5, axis_name=None):
     solo-learn further multiplies by ``scale_loss`` (0.025 or 0.1).
 
     Args:
-      z0, z1: the two views' embeddings ``[N, D]``.
+      z0: the first view's embeddings ``[N, D]``.
+      z1: the second view's embeddings ``[N, D]``.
       lambda_: weight of the redundancy-reduction (off-diagonal) term, >= 0.
       eps: added to the variance (BatchNorm's 1e-5), >= 0.
       axis_name: mesh axis over which the batch is sharded, or None.
@@ -181,7 +182,8 @@ def mixed_barlow_twins(z0, z1, z_mixed, ratio, permutation, *, lambda_=0.0078125
     ``ratio * Z0^T Z1`` in ``C_gt1``, which departs from the paper; this follows the paper.
 
     Args:
-      z0, z1: the two views' embeddings ``[N, D]``.
+      z0: the first view's embeddings ``[N, D]``.
+      z1: the second view's embeddings ``[N, D]``.
       z_mixed: embeddings ``[N, D]`` of the mixed inputs.
       ratio: the mixing ratio (a scalar, in [0, 1]; not differentiated in the reference).
       permutation: integer ``[N]``, the permutation of the second view in the mix (local to
@@ -246,9 +248,11 @@ def vicreg(z0, z1, *, sim_coeff=25.0, std_coeff=25.0, cov_coeff=1.0, eps=1e-4, a
     devices by DDP); here it is the global batch's.
 
     Args:
-      z0, z1: the two views' embeddings ``[N, D]``.
-      sim_coeff, std_coeff, cov_coeff: weights of the invariance, variance and covariance
-        terms, >= 0.
+      z0: the first view's embeddings ``[N, D]``.
+      z1: the second view's embeddings ``[N, D]``.
+      sim_coeff: weight of the invariance term, >= 0.
+      std_coeff: weight of the variance term, >= 0.
+      cov_coeff: weight of the covariance term, >= 0.
       eps: added to the variance before the square root, >= 0.
       axis_name: mesh axis over which the batch is sharded, or None.
     """
@@ -408,7 +412,8 @@ def dino(student, teacher, center, *, student_temperature=0.1, teacher_temperatu
       student: student outputs ``[V_s, N, K]``.
       teacher: teacher outputs ``[V_t, N, K]``; ``V_s * V_t - min(V_s, V_t)`` must be > 0.
       center: the running center ``[K]``.
-      student_temperature, teacher_temperature: > 0.
+      student_temperature: the student's softmax temperature, > 0.
+      teacher_temperature: the teacher's (sharpening) temperature, > 0.
       center_momentum: EMA momentum of the center, in [0, 1].
       axis_name: mesh axis over which the batch is sharded (for the center), or None.
     """
@@ -501,7 +506,8 @@ def swav(scores, *, crops_for_assign=(0, 1), queue=None, temperature=0.1,
       crops_for_assign: distinct indices of the crops whose codes are targets (static).
       queue: optional ``[len(crops_for_assign), Q, K]`` queued scores.
       temperature: softmax temperature of the predictions, > 0.
-      sinkhorn_iterations, sinkhorn_epsilon: see :func:`sinkhorn_knopp`.
+      sinkhorn_iterations: the ``iterations`` of :func:`sinkhorn_knopp`.
+      sinkhorn_epsilon: the ``epsilon`` of :func:`sinkhorn_knopp`.
       axis_name: mesh axis over which the batch is sharded, or None.
     """
     check_temperature(temperature)
