@@ -14,8 +14,11 @@ Methods and their losses (``jaxreg.losses``): ``ce`` (cross-entropy on both view
 ``simclr`` (NT-Xent: ``supervised_contrastive`` without labels, no ``T/base_T`` factor),
 ``supcon`` (``supervised_contrastive`` with labels, the official ``T/base_T`` factor),
 ``dcl`` (``decoupled_contrastive``), ``barlow_twins``, ``vicreg``, ``w_mse`` (whitening
-sub-batches of ``w_mse.w_size``) and ``simsiam`` (symmetric ``negative_cosine`` with the
-stop-gradient, the BYOL-style predictor without a momentum encoder).
+sub-batches of ``losses.w_mse_size``), ``simsiam`` (symmetric ``negative_cosine`` with the
+stop-gradient: the predictor without a momentum encoder) and ``byol`` (the same loss against
+a momentum target network, ``xi <- tau xi + (1 - tau) theta`` after each step with ``tau =
+losses.byol_target_decay``: Grill et al., "Bootstrap Your Own Latent", NeurIPS 2020, arXiv
+2006.07733, Sec. 3.1, as the optax transformation :func:`momentum_target`).
 
 Evaluation of the frozen representation ``h`` (``jaxreg.diagnostics``): a linear probe (test
 accuracy of logistic regression on standardized features) trained on all training labels and
@@ -71,7 +74,8 @@ from jaxreg.protocol import config as config_lib
 from jaxreg.protocol.report import Claim, markdown_table, mean_std, write_results
 
 NUM_CLASSES = 10
-METHODS = ("random", "ce", "simclr", "supcon", "dcl", "barlow_twins", "vicreg", "w_mse", "simsiam")
+METHODS = ("random", "ce", "simclr", "supcon", "dcl", "barlow_twins", "vicreg", "w_mse", "simsiam",
+           "byol")
 METRICS = ("probe_accuracy", "fewshot_accuracy", "knn_accuracy", "alignment", "uniformity",
            "normalized_std", "effective_rank", "test_accuracy")
 VARIANTS = ("default",)
@@ -92,7 +96,8 @@ def get_config(variant: str = "default") -> ml_collections.ConfigDict:
     config.augment = dict(max_shift=1, crop=8, noise=0.1, mask=2)  # crop 8: none
     # temperatures: SimCLR 0.5 (its CIFAR setting), SupCon 0.1 (its README), DCL 0.1
     config.losses = dict(simclr_temperature=0.5, supcon_temperature=0.1, dcl_temperature=0.1,
-                         barlow_lambda=0.0051, w_mse_size=64)
+                         barlow_lambda=0.0051, w_mse_size=64,
+                         byol_target_decay=0.99)  # BYOL's 0.996 is for 1000-epoch runs
     config.sweep = dict(methods=("simclr", "dcl", "supcon"), batch_sizes=(32, 128, 512))
     config.evaluation = dict(probe_steps=500, fewshot_per_class=10, knn_k=20)
     return config
@@ -143,9 +148,10 @@ def _loss(method: str, config, out0, out1, labels, hparams, key):
         return self_supervised.vicreg(z0, z1)
     if method == "w_mse":
         return self_supervised.w_mse(jnp.stack([z0, z1]), key, w_size=config.losses.w_mse_size)
-    if method == "simsiam":
-        return 0.5 * (self_supervised.negative_cosine(out0["p"], z1).mean()
-                      + self_supervised.negative_cosine(out1["p"], z0).mean())
+    if method in ("simsiam", "byol"):  # BYOL: against the momentum target's projections
+        t0, t1 = (out0["target_z"], out1["target_z"]) if method == "byol" else (z0, z1)
+        return 0.5 * (self_supervised.negative_cosine(out0["p"], t1).mean()
+                      + self_supervised.negative_cosine(out1["p"], t0).mean())
     raise ValueError(f"unknown method {method!r}; methods: {', '.join(METHODS)}")
 
 
@@ -165,28 +171,55 @@ def _augmentation(config, image_size: int = 8):
     return augment.compose(*steps)
 
 
+def momentum_target(learning_rate, target_decay) -> optax.GradientTransformation:
+    """Adam on ``params["online"]``; ``params["target"]`` moves to ``tau target + (1 - tau)
+    online`` (the online parameters after this step), BYOL's target update."""
+    adam = optax.adam(learning_rate)
+
+    def update(grads, state, params):
+        online, state = adam.update(grads["online"], state, params["online"])
+        moved = optax.apply_updates(params["online"], online)
+        target = jax.tree.map(lambda t, o: (1 - target_decay) * (o - t), params["target"], moved)
+        return {"online": online, "target": target}, state
+
+    return optax.GradientTransformation(lambda params: adam.init(params["online"]), update)
+
+
 def train_method(method: str, batch_size: int, config, network, train_set, progress: bool):
-    """One vmapped grid over the seeds; returns the final parameters [seeds, ...]."""
+    """One vmapped grid over the seeds; returns the final (online) parameters [seeds, ...]."""
     views_of = _augmentation(config)
+    byol = method == "byol"
 
     def objective(params, batch, hparams, key):
         view_key, loss_key = jax.random.split(key)
         images = augment.views(view_key, batch["image"], views_of)
         n = batch["image"].shape[0]
-        out = network.apply(params, images.reshape(2 * n, *images.shape[2:]))
+        flat = images.reshape(2 * n, *images.shape[2:])
+        out = network.apply(params["online"] if byol else params, flat)
+        if byol:
+            target = network.apply(jax.lax.stop_gradient(params["target"]), flat)
+            out = {**out, "target_z": target["z"]}
         halves = [{k: v[i * n:(i + 1) * n] for k, v in out.items()} for i in (0, 1)]
         return {method: _loss(method, config, *halves, batch["label"], hparams, loss_key)}
 
     learning_rate = config.optimizer.learning_rate
-    optimizer = optax.inject_hyperparams(optax.adam)(learning_rate=learning_rate)
     dummy = jnp.zeros((1, *train_set["image"].shape[1:]), jnp.float32)
+    optimizer = (optax.inject_hyperparams(momentum_target)(
+        learning_rate=learning_rate, target_decay=config.losses.byol_target_decay) if byol
+        else optax.inject_hyperparams(optax.adam)(learning_rate=learning_rate))
+
+    def init(key):
+        params = network.init(key, dummy)
+        return {"online": params, "target": params} if byol else params
+
     schedule = {**config_lib.grid_schedule(config.train), "batch_size": batch_size}
-    result = train.grid(objective, optimizer, lambda key: network.init(key, dummy),
+    result = train.grid(objective, optimizer, init,
                         {"image": train_set["image"], "label": train_set["label"]},
                         hparams={"learning_rate": [learning_rate],
                                  "temperature": [_temperature(method, config)]},
                         progress=progress, desc=f"{method} (batch {batch_size})", **schedule)
-    return jax.tree.map(lambda leaf: leaf[0], result.state.params)  # the one configuration
+    params = jax.tree.map(lambda leaf: leaf[0], result.state.params)  # the one configuration
+    return params["online"] if byol else params
 
 
 def _fewshot(labels, per_class: int) -> np.ndarray:

@@ -855,7 +855,7 @@ def describe(entry: Entry, tests: Mapping[str, int] | None = None) -> str:
     if tests is not None:
         named = ", ".join(f"{path} ({n} lines)" for path, n in tests.items())
         lines.append(f"  tests:     {named or 'none name it'}; every entry also runs through "
-                     "the catalog-driven contract suites (tests/**/test_contract.py)")
+                     "the catalog-driven contract suites (tests/**/test_*contract.py)")
     doc = inspect.getdoc(fn)
     if doc:
         lines += ["", *("  " + line if line else "" for line in doc.splitlines())]

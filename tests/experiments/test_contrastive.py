@@ -3,6 +3,7 @@ import json
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from experiments import contrastive
@@ -48,7 +49,8 @@ def test_every_method_has_a_finite_differentiable_loss(method):
     labels = jnp.arange(64) % 10
 
     def loss(z):
-        outs = [{"z": z[i], "p": 2 * z[i] + 1, "logits": z[i][:, :10]} for i in (0, 1)]
+        outs = [{"z": z[i], "p": 2 * z[i] + 1, "logits": z[i][:, :10], "target_z": 3 * z[i]}
+                for i in (0, 1)]
         return contrastive._loss(method, config, *outs, labels, {"temperature": 0.5}, keys[3])
 
     z = jax.random.normal(keys[0], (2, 64, 32))
@@ -57,8 +59,18 @@ def test_every_method_has_a_finite_differentiable_loss(method):
     assert np.all(np.isfinite(grad)) and np.abs(grad).max() > 0
 
 
+def test_momentum_target_moves_the_target_toward_the_updated_online_network():
+    params = {"online": {"w": jnp.array([1.0, 2.0])}, "target": {"w": jnp.array([0.0, 0.0])}}
+    grads = {"online": {"w": jnp.array([1.0, -1.0])}, "target": {"w": jnp.array([5.0, 5.0])}}
+    opt = contrastive.momentum_target(0.1, 0.9)
+    updates, _ = opt.update(grads, opt.init(params), params)
+    new = optax.apply_updates(params, updates)
+    np.testing.assert_allclose(new["online"]["w"], [0.9, 2.1], rtol=1e-5)  # Adam's first step
+    np.testing.assert_allclose(new["target"]["w"], 0.1 * new["online"]["w"], rtol=1e-5)
+
+
 def test_quick_run_reports_every_method_and_the_claims(tmp_path):
-    methods = "random,ce,supcon,simclr,dcl,barlow_twins"
+    methods = "random,ce,supcon,simclr,dcl,barlow_twins,byol"
     payload = runner.main("contrastive", [
         "--quick", "--out", str(tmp_path), "--no-progress", "--set", f"methods={methods}",
         "--set", "model.hidden=64", "--set", "evaluation.probe_steps=20"])
@@ -83,6 +95,6 @@ def test_quick_run_reports_every_method_and_the_claims(tmp_path):
 def test_bad_config_is_named(tmp_path):
     with pytest.raises(ValueError, match="unknown contrastive variant 'cifar'"):
         contrastive.get_config("cifar")
-    with pytest.raises(ValueError, match=r"unknown methods \['byol'\]"):
+    with pytest.raises(ValueError, match=r"unknown methods \['moco'\]"):
         runner.main("contrastive", ["--quick", "--out", str(tmp_path), "--no-progress",
-                                    "--set", "methods=ce,byol"])
+                                    "--set", "methods=ce,moco"])
