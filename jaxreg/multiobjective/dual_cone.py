@@ -13,7 +13,9 @@ regularised by ``reg_eps I``.
 Paper: Quinton & Rey, "Jacobian Descent for Multi-Objective Optimization" (2024),
 arXiv:2406.16232. Matches torchjd ``UPGrad`` and ``DualProj`` (whose QP is solved by
 quadprog on the CPU; here in JAX by a primal-dual active-set method warm-started from the
-last step, finished by Lawson and Hanson's method where it cycles).
+last step, finished by Lawson and Hanson's method where it cycles). Each iteration solves
+every open problem on the smaller of its active and free sets, so the batched Cholesky
+factorizations are at most ``m/2 x m/2``, and drops the solved problems from the batch.
 """
 
 from __future__ import annotations
@@ -39,36 +41,96 @@ def _tolerance(gram, lower):
     return 64 * jnp.finfo(gram.dtype).eps * jnp.maximum(scale, jnp.finfo(gram.dtype).tiny)
 
 
-def _solve_on(gram, lower, active):
-    """``v`` with ``v_A = u_A`` on the active bounds and ``G_FF v_F = -G_FA u_A`` on the free
-    coordinates, for one problem: a Cholesky solve of the masked (positive definite) system."""
-    free = ~active
-    system = jnp.where(free[:, None] & free[None, :], gram, 0.0) + jnp.diag(
-        active.astype(gram.dtype))
-    rhs = jnp.where(free, -(gram @ jnp.where(active, lower, 0.0)), lower)
-    factor = jnp.linalg.cholesky(system)
-    return jax.scipy.linalg.cho_solve((factor, True), rhs)
+def _inverse(gram):
+    """``G^-1`` (symmetric) from one Cholesky factorization; NaN where G is not positive
+    definite."""
+    factor = jax.lax.linalg.cholesky(gram, symmetrize_input=False)
+    inverse = jax.scipy.linalg.cho_solve((factor, True), jnp.eye(gram.shape[0], dtype=gram.dtype))
+    return (inverse + inverse.T) / 2
+
+
+def _first(mask, k):
+    """The indices of the first ``k`` True entries of the boolean vector ``mask``, padded
+    with 0, and which of them are real: ``(index [k], valid [k])``."""
+    position = jnp.cumsum(mask) - 1
+    slot = jnp.where(mask & (position < k), position, k)  # k: dropped
+    index = jnp.zeros(k, jnp.int32).at[slot].set(jnp.arange(mask.shape[0], dtype=jnp.int32),
+                                                 mode="drop")
+    return index, jnp.arange(k) < jnp.sum(mask)
+
+
+def _solve_on(gram, inverse, lower, active, k):
+    """``v`` with ``v_A = u_A`` on the active bounds and ``(G v)_F = 0`` on the free
+    coordinates, for each problem (rows of ``lower`` and ``active``), on the smaller of its
+    two sets (at most ``k = m // 2`` coordinates): ``G_FF v_F = -G_FA u_A`` when F is the
+    smaller, else ``H_AA lam_A = u_A``, ``v = H_:A lam_A`` with ``H = G^-1`` (the multipliers
+    ``lam = G v`` vanish on F). One batched ``k x k`` Cholesky solve."""
+    m = gram.shape[0]
+    n_active = jnp.sum(active, axis=1)
+    on_active = n_active <= m - n_active  # [P]
+    index, valid = jax.vmap(_first, (0, None))(
+        jnp.where(on_active[:, None], active, ~active), k)
+    rows = jnp.stack([gram, inverse])[on_active.astype(jnp.int32)[:, None], index]  # [P, k, m]
+    system = jax.vmap(lambda r, i: r[:, i])(rows, index)  # [P, k, k]
+    system = jnp.where(valid[:, :, None] & valid[:, None, :], system,
+                       jnp.eye(k, dtype=gram.dtype))
+    bound = jnp.where(active, lower, 0.0)
+    rhs = jnp.where(on_active[:, None], jnp.take_along_axis(lower, index, axis=1),
+                    -jnp.take_along_axis(bound @ gram, index, axis=1))
+    factor = jax.lax.linalg.cholesky(system, symmetrize_input=False)
+    x = jnp.where(valid, jax.vmap(lambda f, b: jax.scipy.linalg.cho_solve((f, True), b))(
+        factor, jnp.where(valid, rhs, 0.0)), 0.0)
+    through_inverse = jnp.einsum("pk,pkm->pm", x, rows)
+    direct = bound + jax.vmap(lambda i, x: jnp.zeros(m, x.dtype).at[i].add(x))(index, x)
+    return jnp.where(active, lower, jnp.where(on_active[:, None], through_inverse, direct))
+
+
+def _stage_sizes(p):
+    """The batch sizes of the solver's stages: all P problems, then halves while more than
+    eight remain open."""
+    sizes = [p]
+    while sizes[-1] > 8:
+        sizes.append(sizes[-1] // 2)
+    return sizes
 
 
 def _primal_dual(gram, lower, active, max_iters):
-    """Primal-dual active-set iterations (Hintermueller, Ito & Kunisch 2002) on all P problems
-    at once; each iteration is one batched m x m Cholesky solve. Returns ``(v, active,
-    iterations, converged [P])``."""
+    """Primal-dual active-set iterations (Hintermueller, Ito & Kunisch 2002) on the P
+    problems, each iteration one batched solve of the open problems (those whose active set
+    changed): all of them at first, then, once fewer remain, half as many at a time (the
+    stages' batch sizes are static, so this stays a ``while_loop`` under ``vmap``). Returns
+    ``(v, active, iterations, converged [P])``."""
+    p, m = lower.shape
     tol = _tolerance(gram, lower)
+    inverse = _inverse(gram)
+    k = max(m // 2, 1)
 
-    def step(carry):
-        active, _, _, count = carry
-        v = jax.vmap(lambda u, a: _solve_on(gram, u, a))(lower, active)
-        multiplier = v @ gram  # G v (G symmetric); zero on the free set up to rounding
-        # a bound stays active while its multiplier is not clearly negative; a free
-        # coordinate becomes active when it falls clearly below its bound
-        new = jnp.where(active, multiplier >= -tol, v < lower - tol)
-        done = jnp.all(new == active, axis=1) & jnp.all(jnp.isfinite(v), axis=1)
-        return new, v, done, count + 1
+    def step(size):
+        def body(carry):
+            v, active, open_, count = carry
+            index, real = _first(open_, size)
+            index = jnp.where(real, index, index[0])  # padded with repeats of the first
+            bounds, old = lower[index], active[index]
+            solved = _solve_on(gram, inverse, bounds, old, k)
+            # a bound stays active while its multiplier G v is not clearly negative; a free
+            # coordinate becomes active when it falls clearly below its bound
+            new = jnp.where(old, solved @ gram >= -tol, solved < bounds - tol)
+            done = jnp.all(new == old, axis=1) & jnp.all(jnp.isfinite(solved), axis=1)
+            return (v.at[index].set(solved), active.at[index].set(new),
+                    open_.at[index].set(~done), count + 1)
+        return body
 
-    carry = (active, jnp.zeros_like(lower), jnp.zeros(lower.shape[0], bool), 0)
-    active, v, converged, count = jax.lax.while_loop(
-        lambda c: ~jnp.all(c[2]) & (c[3] < max_iters), step, carry)
+    # a G that is not positive definite has no usable inverse: every problem goes to the
+    # fallback
+    open_ = jnp.full(p, jnp.all(jnp.isfinite(inverse)))
+    carry = (jnp.zeros_like(lower), active, open_, 0)
+    sizes = _stage_sizes(p)
+    for size, after in zip(sizes, sizes[1:] + [0]):
+        carry = jax.lax.while_loop(
+            lambda c, after=after: (jnp.sum(c[2]) > after) & (c[3] < max_iters),
+            step(size), carry)
+    v, active, open_, count = carry
+    converged = ~open_ & jnp.all(jnp.isfinite(inverse))
     return v, active, count, converged
 
 
@@ -121,15 +183,18 @@ def solve_dual_cone(gram: jax.Array, lower: jax.Array, active: jax.Array | None 
 
     Primal-dual active-set iterations from ``active`` (a warm start, ``[P, m]`` booleans,
     e.g. the last step's; default: the bounds the gradient ``G u`` at ``v = u`` pushes
-    against, ``(G u)_j >= 0``), at most ``max_iters``
-    (default ``m + 10``); a problem they leave unsolved (the method can cycle on matrices
-    that are not M-matrices) is finished by Lawson and Hanson's method, which cannot.
+    against, ``(G u)_j >= 0``), at most ``max_iters`` (default ``m + 10``), each one batched
+    Cholesky solve of the problems still open, on the smaller of each one's active and free
+    sets. A problem they leave unsolved (the method can cycle on matrices that are not
+    M-matrices; every problem when G has no Cholesky factor) is finished by Lawson and
+    Hanson's method, which cannot.
 
     Returns:
         ``(v [P, m], active [P, m], iterations)``: the solutions, their active bounds (the
         next warm start) and the iterations taken (the most of any problem, fallback
         included).
     """
+    gram, lower = jnp.asarray(gram), jnp.asarray(lower)
     m = gram.shape[0]
     max_iters = m + 10 if max_iters is None else max_iters
     # cold start: the bounds that the objective's gradient at v = u, G u, pushes against

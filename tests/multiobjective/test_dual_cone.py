@@ -83,3 +83,35 @@ def test_the_aggregator_warm_starts_and_reports_its_iterations():
     chained = optax.chain(dual_cone.dualproj(num_objectives=6), optax.sgd(1.0))
     out, _ = chained.update(jac, chained.init({"w": jnp.zeros(9)}))
     assert out["w"].shape == (9,)
+
+
+@pytest.mark.parametrize("m", [1, 6, 9])
+def test_each_iteration_solves_on_the_smaller_set(m):
+    """``_solve_on`` works on the active set through ``G^-1`` or on the free set through G,
+    whichever is smaller: both give the masked system's solution (``v_A = u_A``,
+    ``(G v)_F = 0``), here for every active set of each size."""
+    with jax.enable_x64(True):
+        gram = _per_example_gramian(m, seed=m)
+        rng = np.random.default_rng(m)
+        lower = rng.uniform(-1.0, 1.0, (m + 1, m))
+        active = np.stack([rng.permutation(m) < size for size in range(m + 1)])
+        v = dual_cone._solve_on(jnp.asarray(gram), dual_cone._inverse(jnp.asarray(gram)),
+                                jnp.asarray(lower), jnp.asarray(active), max(m // 2, 1))
+        for row, u, a in zip(np.asarray(v), lower, active):
+            np.testing.assert_allclose(row[a], u[a], rtol=1e-12)
+            np.testing.assert_allclose((gram @ row)[~a], 0.0, atol=1e-10)
+
+
+def test_stages_and_vmap_give_each_problem_its_own_solution():
+    """m = 40 runs the stages of 40, 20 and 10 problems; a vmapped solve over several
+    Gramians (its loops run to the slowest) equals the solves one by one."""
+    grams = np.stack([_per_example_gramian(40, seed=s) for s in range(3)]).astype(np.float32)
+    lower = np.diag(np.full(40, 1 / 40, np.float32))
+    one_by_one = [dual_cone.solve_dual_cone(jnp.asarray(g), jnp.asarray(lower))[0]
+                  for g in grams]
+    batched = jax.jit(jax.vmap(lambda g: dual_cone.solve_dual_cone(g, lower)[0]))(grams)
+    for g, single, vmapped in zip(grams, one_by_one, batched):
+        expected = np.stack([_nnls_reference(g.astype(np.float64), u) for u in lower])
+        np.testing.assert_allclose(single, expected, atol=2e-4 * np.abs(expected).max())
+        np.testing.assert_allclose(vmapped, single, rtol=1e-5, atol=1e-7)
+    assert dual_cone._stage_sizes(40) == [40, 20, 10, 5]
