@@ -50,28 +50,29 @@ def _inverse(gram):
 
 
 def _first(mask, k):
-    """The indices of the first ``k`` True entries of the boolean vector ``mask``, padded
-    with 0, and which of them are real: ``(index [k], valid [k])``."""
-    position = jnp.cumsum(mask) - 1
-    slot = jnp.where(mask & (position < k), position, k)  # k: dropped
-    index = jnp.zeros(k, jnp.int32).at[slot].set(jnp.arange(mask.shape[0], dtype=jnp.int32),
-                                                 mode="drop")
-    return index, jnp.arange(k) < jnp.sum(mask)
+    """The indices of the first ``k`` True entries of each row of the boolean ``mask``
+    ``[P, m]``, padded with 0, and which of them are real: ``(index [P, k], valid [P, k])``.
+    (The running count is a product with a triangular matrix: XLA's cumsum is slower.)"""
+    m = mask.shape[-1]
+    count = mask.astype(jnp.float32) @ jnp.triu(jnp.ones((m, m), jnp.float32))
+    slot = jnp.where(mask & (count <= k), count - 1, k).astype(jnp.int32)  # k: dropped
+    index = jax.vmap(lambda s: jnp.zeros(k, jnp.int32).at[s].set(
+        jnp.arange(m, dtype=jnp.int32), mode="drop"))(slot)
+    return index, jnp.arange(k) < jnp.sum(mask, axis=-1, keepdims=True)
 
 
 def _solve_on(gram, inverse, lower, active, k):
     """``v`` with ``v_A = u_A`` on the active bounds and ``(G v)_F = 0`` on the free
     coordinates, for each problem (rows of ``lower`` and ``active``), on the smaller of its
     two sets (at most ``k = m // 2`` coordinates): ``G_FF v_F = -G_FA u_A`` when F is the
-    smaller, else ``H_AA lam_A = u_A``, ``v = H_:A lam_A`` with ``H = G^-1`` (the multipliers
+    smaller, else ``H_AA lam_A = u_A``, ``v = H lam`` with ``H = G^-1`` (the multipliers
     ``lam = G v`` vanish on F). One batched ``k x k`` Cholesky solve."""
     m = gram.shape[0]
     n_active = jnp.sum(active, axis=1)
     on_active = n_active <= m - n_active  # [P]
-    index, valid = jax.vmap(_first, (0, None))(
-        jnp.where(on_active[:, None], active, ~active), k)
-    rows = jnp.stack([gram, inverse])[on_active.astype(jnp.int32)[:, None], index]  # [P, k, m]
-    system = jax.vmap(lambda r, i: r[:, i])(rows, index)  # [P, k, k]
+    index, valid = _first(jnp.where(on_active[:, None], active, ~active), k)
+    system = jnp.stack([gram, inverse])[on_active.astype(jnp.int32)[:, None, None],
+                                        index[:, :, None], index[:, None, :]]  # [P, k, k]
     system = jnp.where(valid[:, :, None] & valid[:, None, :], system,
                        jnp.eye(k, dtype=gram.dtype))
     bound = jnp.where(active, lower, 0.0)
@@ -80,9 +81,9 @@ def _solve_on(gram, inverse, lower, active, k):
     factor = jax.lax.linalg.cholesky(system, symmetrize_input=False)
     x = jnp.where(valid, jax.vmap(lambda f, b: jax.scipy.linalg.cho_solve((f, True), b))(
         factor, jnp.where(valid, rhs, 0.0)), 0.0)
-    through_inverse = jnp.einsum("pk,pkm->pm", x, rows)
-    direct = bound + jax.vmap(lambda i, x: jnp.zeros(m, x.dtype).at[i].add(x))(index, x)
-    return jnp.where(active, lower, jnp.where(on_active[:, None], through_inverse, direct))
+    spread = jax.vmap(lambda i, x: jnp.zeros(m, x.dtype).at[i].add(x))(index, x)  # [P, m]
+    v = jnp.where(on_active[:, None], spread @ inverse, bound + spread)
+    return jnp.where(active, lower, v)
 
 
 def _stage_sizes(p):
@@ -108,8 +109,8 @@ def _primal_dual(gram, lower, active, max_iters):
     def step(size):
         def body(carry):
             v, active, open_, count = carry
-            index, real = _first(open_, size)
-            index = jnp.where(real, index, index[0])  # padded with repeats of the first
+            index, real = _first(open_[None], size)
+            index = jnp.where(real[0], index[0], index[0, 0])  # padded with the first
             bounds, old = lower[index], active[index]
             solved = _solve_on(gram, inverse, bounds, old, k)
             # a bound stays active while its multiplier G v is not clearly negative; a free

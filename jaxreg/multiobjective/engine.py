@@ -24,7 +24,9 @@ engines give both, equal to float32 rounding (``jaxreg.train.make_step(..., engi
   objectives with respect to the layer outputs only; for per-example objectives (IWRM,
   ``jaxreg.objective.per_example``: objective b is example b's loss and depends on batch row
   b only) one backward pass gives all of them, and ``G = (A A^T + 1) * (D D^T)`` per layer
-  (its per-example sum over the positions of a sequence otherwise). Parameters outside
+  (its per-example sum over the positions of a sequence otherwise). For several objectives
+  of the whole batch a convolution's ``A^T D_t`` is its own kernel VJP at ``D_t`` (lax's
+  convolution, which forms no patches). Parameters outside
   captured layers (a layer called twice or also used elsewhere, such as a tied embedding or
   a weight penalty; other layer types such as LayerNorm) get theirs as in ``"gramian"``, and
   a warning says which, once.
@@ -132,11 +134,22 @@ def gramian_engine(fn, params) -> Linearized:
 
 
 class _Conv(NamedTuple):
-    """The geometry of a captured convolution."""
+    """The geometry of a captured convolution (and its module's precision)."""
     kernel_size: tuple[int, ...]
     strides: tuple[int, ...]
     padding: Any  # "SAME", "VALID" or ((lo, hi), ...)
     dilation: tuple[int, ...]
+    precision: Any = None
+
+
+def _convolve(conv: _Conv, x, kernel):
+    """A captured convolution of ``x`` (one batch axis, channels last) by ``kernel``, as
+    ``flax.linen.Conv`` computes it (lax's convolution)."""
+    from flax.linen.linear import _conv_dimension_numbers
+
+    return jax.lax.conv_general_dilated(
+        x, kernel, conv.strides, conv.padding, rhs_dilation=conv.dilation,
+        dimension_numbers=_conv_dimension_numbers(x.shape), precision=conv.precision)
 
 
 class _Layer(NamedTuple):
@@ -234,7 +247,7 @@ def _conv_of(module) -> _Conv:
     padding = canonicalize_padding(module.padding, len(kernel_size))
     padding = padding if isinstance(padding, str) else tuple(tuple(p) for p in padding)
     return _Conv(kernel_size, _broadcast(module.strides, module), padding,
-                 _broadcast(module.kernel_dilation, module))
+                 _broadcast(module.kernel_dilation, module), module.precision)
 
 
 def _conv_patches(conv: _Conv, x):
@@ -298,12 +311,7 @@ def _run_captured(fn, params, captured, constants, on_output, inputs):
         x, kernel, bias = module.promote_dtype(x, constants[layer.kernel], bias,
                                                dtype=module.dtype)
         if layer.kind == "conv":  # the input is stored; its patches are formed afterwards
-            from flax.linen.linear import _conv_dimension_numbers
-
-            c = layer.conv
-            y = jax.lax.conv_general_dilated(
-                x, kernel, c.strides, c.padding, rhs_dilation=c.dilation,
-                dimension_numbers=_conv_dimension_numbers(x.shape), precision=module.precision)
+            y = _convolve(layer.conv, x, kernel)
         else:
             y = jax.lax.dot_general(x, kernel, (((x.ndim - 1,), (0,)), ((), ())),
                                     precision=module.precision)
@@ -400,10 +408,19 @@ def layers_engine(fn, params, *, per_example: Callable[[Any], bool] | bool = Fal
     layers = {}
     for k, layer in captured.items():
         a, d = inputs[k], _wide(cotangents[k])
+        bias = 0.0 if layer.bias is None else 1.0
+        if layer.kind == "conv" and not rows:
+            # several objectives of the whole batch: objective t's kernel gradient is the
+            # convolution's own VJP at D_t (no patches), as the "jacobian" engine forms it
+            kernel_vjp = _kernel_vjp(layer.conv, a, leaves[layer.kernel])
+            blocks = jax.vmap(kernel_vjp)(d).reshape(m, -1)
+            summed = jnp.sum(d.reshape(m, -1, d.shape[-1]), axis=1)
+            gram = gram + blocks @ blocks.T + bias * (summed @ summed.T)
+            layers[k] = (kernel_vjp, d)
+            continue
         if layer.kind == "conv":
             a = _conv_patches(layer.conv, jax.lax.stop_gradient(a))
         embed = layer.kind == "embed"
-        bias = 0.0 if layer.bias is None else 1.0
         if rows:
             d = d.reshape(m, -1, d.shape[-1])  # [B, positions, out]
             a = a.reshape(m, -1) if embed else _wide(a).reshape(m, -1, a.shape[-1])
@@ -427,9 +444,12 @@ def layers_engine(fn, params, *, per_example: Callable[[Any], bool] | bool = Fal
             if rows:
                 weighted = (d * w[:, None, None]).reshape(-1, d.shape[-1])  # [B * P, out]
             else:
-                weighted = jnp.einsum("t,tno->no", w, d)  # [N, out]
+                combined = jnp.tensordot(w, d, 1)  # [N, out], or a convolution's [*output]
+                weighted = combined.reshape(-1, d.shape[-1])
             table = leaves[layer.kernel]
-            if layer.kind == "embed":
+            if layer.kind == "conv" and not rows:  # a: the kernel's VJP
+                kernel = a(combined)
+            elif layer.kind == "embed":
                 kernel = jnp.zeros(table.shape, weighted.dtype).at[a.reshape(-1)].add(weighted)
             else:
                 kernel = a.reshape(-1, a.shape[-1]).T @ weighted
@@ -441,6 +461,14 @@ def layers_engine(fn, params, *, per_example: Callable[[Any], bool] | bool = Fal
         return treedef.unflatten(full)
 
     return Linearized(values, aux, gram, update)
+
+
+def _kernel_vjp(conv: _Conv, x, kernel):
+    """``D -> dL/dW`` for a captured convolution ``y = conv(x, W)`` and output cotangent D,
+    in float32 or wider."""
+    x = _wide(jax.lax.stop_gradient(x))
+    _, vjp = jax.vjp(lambda w: _convolve(conv, x, w), _wide(kernel).astype(x.dtype))
+    return lambda d: vjp(d.astype(x.dtype))[0]
 
 
 def _per_example_gram(a, d, bias):
