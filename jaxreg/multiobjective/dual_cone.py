@@ -87,10 +87,10 @@ def _solve_on(gram, inverse, lower, active, k):
 
 
 def _stage_sizes(p):
-    """The batch sizes of the solver's stages: all P problems, then halves while more than
-    eight remain open."""
+    """The batch sizes of the solver's stages: all P problems, then halves down to 16 (each
+    stage is compiled once more: about 0.3 s)."""
     sizes = [p]
-    while sizes[-1] > 8:
+    while sizes[-1] // 2 >= 16:
         sizes.append(sizes[-1] // 2)
     return sizes
 

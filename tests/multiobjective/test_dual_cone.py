@@ -103,7 +103,7 @@ def test_each_iteration_solves_on_the_smaller_set(m):
 
 
 def test_stages_and_vmap_give_each_problem_its_own_solution():
-    """m = 40 runs the stages of 40, 20 and 10 problems; a vmapped solve over several
+    """m = 40 runs the stages of 40 and 20 problems; a vmapped solve over several
     Gramians (its loops run to the slowest) equals the solves one by one."""
     grams = np.stack([_per_example_gramian(40, seed=s) for s in range(3)]).astype(np.float32)
     lower = np.diag(np.full(40, 1 / 40, np.float32))
@@ -114,4 +114,5 @@ def test_stages_and_vmap_give_each_problem_its_own_solution():
         expected = np.stack([_nnls_reference(g.astype(np.float64), u) for u in lower])
         np.testing.assert_allclose(single, expected, atol=2e-4 * np.abs(expected).max())
         np.testing.assert_allclose(vmapped, single, rtol=1e-5, atol=1e-7)
-    assert dual_cone._stage_sizes(40) == [40, 20, 10, 5]
+    assert dual_cone._stage_sizes(40) == [40, 20]
+    assert dual_cone._stage_sizes(128) == [128, 64, 32, 16]
