@@ -68,6 +68,11 @@ def normalize(x, eps: float = 1e-12) -> jax.Array:
     return x / jnp.where(above, jnp.sqrt(jnp.where(above, squared, 1.0)), eps)
 
 
+def maybe_normalize(x, enabled: bool) -> jax.Array:
+    """:func:`normalize` ``x`` when ``enabled`` (a loss's ``normalize=``), else ``x``."""
+    return normalize(x) if enabled else x
+
+
 def gather(x, axis_name) -> jax.Array:
     """The global batch: ``x`` of every device along ``axis_name`` concatenated on axis 0
     (``x`` itself when ``axis_name`` is None)."""
@@ -87,3 +92,15 @@ def batch_sum(x, axis_name) -> jax.Array:
     """``x`` summed over the devices of ``axis_name`` (``x`` itself when it is None): for
     batch statistics (means, covariances) of the global batch."""
     return x if axis_name is None else jax.lax.psum(x, axis_name)
+
+
+def global_logsumexp(x, axis: int | None = None, axis_name=None) -> jax.Array:
+    """``log sum exp x`` along ``axis`` (kept; None: over the whole array, a scalar), summed
+    also over the devices of ``axis_name`` when given; shifted by the (global) maximum,
+    which gets no gradient, so finite for scores of any magnitude."""
+    keep = axis is not None
+    top = jax.lax.stop_gradient(jnp.max(x, axis=axis, keepdims=keep))  # pmax: no derivative
+    if axis_name is not None:
+        top = jax.lax.pmax(top, axis_name)
+    return top + jnp.log(batch_sum(jnp.sum(jnp.exp(x - top), axis=axis, keepdims=keep),
+                                   axis_name))

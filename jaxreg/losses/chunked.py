@@ -135,10 +135,6 @@ def _scale_of(temperature, dtype):
     return jnp.asarray(1.0 / emb.temperature(temperature), dtype)
 
 
-def _unit(x, normalize: bool):
-    return emb.normalize(x) if normalize else x
-
-
 def _local_ids(axis_name, n):
     """Global indices of this device's ``n`` examples in the gathered batch."""
     return emb.shard_offset(axis_name, n) + jnp.arange(n)
@@ -181,7 +177,7 @@ def chunked_info_nce(queries, keys, *, temperature=0.07, symmetric: bool = False
     q, k = emb.paired(queries, keys, "queries", "keys")
     chunk_size = static_int(chunk_size, "chunk_size", low=1)
     scale = _scale_of(temperature, q.dtype)
-    q, k = _unit(q, normalize), _unit(k, normalize)
+    q, k = emb.maybe_normalize(q, normalize), emb.maybe_normalize(k, normalize)
     positive = scale * jnp.sum(q * k, axis=-1)
 
     def one_way(rows, columns):
@@ -262,7 +258,7 @@ def chunked_supervised_contrastive(features, labels=None, *, temperature=0.07,
     factor = 1.0
     if base_temperature is not None:
         factor = temperature / emb.temperature(base_temperature, "base_temperature")
-    z = _unit(features, normalize)
+    z = emb.maybe_normalize(features, normalize)
     z_all = emb.gather(z, axis_name)
     total = z_all.shape[0]
     contrast = jnp.swapaxes(z_all, 0, 1).reshape(views * total, dim)  # view-major
@@ -314,7 +310,7 @@ def chunked_decoupled_contrastive(z0, z1, *, temperature=0.1, normalize: bool = 
                          f"shape {z0.shape}.")
     chunk_size = static_int(chunk_size, "chunk_size", low=1)
     scale = _scale_of(temperature, z0.dtype)
-    z0, z1 = _unit(z0, normalize), _unit(z1, normalize)
+    z0, z1 = emb.maybe_normalize(z0, normalize), emb.maybe_normalize(z1, normalize)
     local = _local_ids(axis_name, n)
     keys = jnp.concatenate([emb.gather(z0, axis_name), emb.gather(z1, axis_name)])
     key_ids = jnp.tile(jnp.arange(keys.shape[0] // 2), 2)

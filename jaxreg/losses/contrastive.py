@@ -43,23 +43,11 @@ _REDUCERS = ("avg_nonzero", "mean")
 
 # -- Shared pieces ------------------------------------------------------------------------------
 
-def _unit(x, normalize: bool):
-    return emb.normalize(x) if normalize else x
-
-
 def _masked_logsumexp(logits, mask):
     """``log sum_{mask} exp(logits)`` over the last axis; masked-out entries are filled with
     the lowest finite float, so they get zero weight and zero gradient and a row with no
     entry is finite."""
     return jax.nn.logsumexp(jnp.where(mask, logits, jnp.finfo(logits.dtype).min), axis=-1)
-
-
-def _global_logsumexp(values, axis_name):
-    """``log sum exp`` of ``values`` over the whole batch (every device of ``axis_name``)."""
-    if axis_name is None:
-        return jax.nn.logsumexp(values)
-    peak = jax.lax.pmax(jax.lax.stop_gradient(jnp.max(values)), axis_name)
-    return peak + jnp.log(emb.batch_sum(jnp.sum(jnp.exp(values - peak)), axis_name))
 
 
 def _is_own(n_local: int, n_global: int, axis_name):
@@ -133,8 +121,9 @@ def info_nce(queries, keys, *, temperature=0.07, symmetric: bool = False,
     """
     q, k = emb.paired(queries, keys, "queries", "keys")
     emb.temperature(temperature)
-    return _softmax_cross_modal(_unit(q, normalize), _unit(k, normalize), 1.0 / temperature,
-                                symmetric=symmetric, axis_name=axis_name)
+    q, k = emb.maybe_normalize(q, normalize), emb.maybe_normalize(k, normalize)
+    return _softmax_cross_modal(q, k, 1.0 / temperature, symmetric=symmetric,
+                                axis_name=axis_name)
 
 
 def clip(image, text, logit_scale, *, max_logit_scale=math.log(100.0), normalize: bool = True,
@@ -175,8 +164,9 @@ def clip(image, text, logit_scale, *, max_logit_scale=math.log(100.0), normalize
     hyperparameter(max_logit_scale, "max_logit_scale")
     if max_logit_scale is not None:
         logit_scale = jnp.minimum(logit_scale, max_logit_scale)
-    return _softmax_cross_modal(_unit(x, normalize), _unit(t, normalize), jnp.exp(logit_scale),
-                                symmetric=True, axis_name=axis_name)
+    x, t = emb.maybe_normalize(x, normalize), emb.maybe_normalize(t, normalize)
+    return _softmax_cross_modal(x, t, jnp.exp(logit_scale), symmetric=True,
+                                axis_name=axis_name)
 
 
 # -- Supervised contrastive ---------------------------------------------------------------------
@@ -237,7 +227,7 @@ def supervised_contrastive(features, labels=None, *, temperature=0.07, base_temp
     factor = 1.0
     if base_temperature is not None:
         factor = temperature / emb.temperature(base_temperature, "base_temperature")
-    z = _unit(features, normalize)
+    z = emb.maybe_normalize(features, normalize)
     z_all = emb.gather(z, axis_name)
     total = z_all.shape[0]
     contrast = jnp.swapaxes(z_all, 0, 1).reshape(views * total, dim)  # view-major
@@ -267,7 +257,7 @@ def _decoupled(z0, z1, temperature, sigma, normalize, axis_name):
     if axis_name is None and a.shape[0] < 2:
         raise ValueError(f"`z0` must hold at least 2 examples (one for the negatives), got "
                          f"shape {a.shape}.")
-    a, b = _unit(a, normalize), _unit(b, normalize)
+    a, b = emb.maybe_normalize(a, normalize), emb.maybe_normalize(b, normalize)
     a_all, b_all = emb.gather(a, axis_name), emb.gather(b, axis_name)
     own = _is_own(a.shape[0], a_all.shape[0], axis_name)
     weight = 1.0
@@ -392,7 +382,7 @@ def pair_contrastive(embeddings, labels, *, pos_margin=0.0, neg_margin=1.0,
     hyperparameter(neg_margin, "neg_margin")
     if reducer not in _REDUCERS:
         raise ValueError(f"`reducer` must be one of {_REDUCERS}, got {reducer!r}.")
-    x = _unit(x, normalize)
+    x = emb.maybe_normalize(x, normalize)
     x_all = emb.gather(x, axis_name)
     distances = _safe_power(_squared_distances(x, x_all), 0.5)
     same = labels[:, None] == emb.gather(labels, axis_name)[None, :]
@@ -431,7 +421,8 @@ def alignment(x, y, *, alpha=2.0, normalize: bool = True) -> jax.Array:
     """
     x, y = emb.paired(x, y, "x", "y")
     positive(alpha, "alpha")
-    squared = jnp.sum(jnp.square(_unit(x, normalize) - _unit(y, normalize)), axis=-1)
+    x, y = emb.maybe_normalize(x, normalize), emb.maybe_normalize(y, normalize)
+    squared = jnp.sum(jnp.square(x - y), axis=-1)
     return _safe_power(squared, alpha / 2)
 
 
@@ -459,9 +450,9 @@ def uniformity(x, *, t=2.0, normalize: bool = True, axis_name=None) -> jax.Array
     positive(t, "t")
     if axis_name is None and x.shape[0] < 2:
         raise ValueError(f"`x` needs at least 2 rows to form a pair, got shape {x.shape}.")
-    x = _unit(x, normalize)
+    x = emb.maybe_normalize(x, normalize)
     x_all = emb.gather(x, axis_name)
     total = x_all.shape[0]
     others = ~_is_own(x.shape[0], total, axis_name)
     rows = _masked_logsumexp(-t * _squared_distances(x, x_all), others)
-    return _global_logsumexp(rows, axis_name) - math.log(total * (total - 1))
+    return emb.global_logsumexp(rows, axis_name=axis_name) - math.log(total * (total - 1))

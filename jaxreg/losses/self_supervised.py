@@ -33,6 +33,7 @@ from jaxreg.losses._embeddings import (
     batch_sum,
     embeddings,
     gather,
+    global_logsumexp,
     normalize,
     paired,
     shard_offset,
@@ -80,17 +81,6 @@ def _off_diagonal_sum_of_squares(c):
 def _redundancy_reduction(c, lambda_):
     """``sum_i (1 - c_ii)^2 + lambda * sum_{i != j} c_ij^2`` (Barlow Twins, Eq. 1)."""
     return jnp.sum((jnp.diagonal(c) - 1.0) ** 2) + lambda_ * _off_diagonal_sum_of_squares(c)
-
-
-def _global_logsumexp(x, axis, axis_name=None):
-    """``log sum exp x`` along ``axis`` (kept), summed also over the devices of ``axis_name``
-    when given; max-shifted, so finite for scores of any magnitude."""
-    top = jnp.max(x, axis=axis, keepdims=True)
-    if axis_name is not None:
-        top = jax.lax.pmax(top, axis_name)
-    top = jax.lax.stop_gradient(top)
-    return top + jnp.log(batch_sum(jnp.sum(jnp.exp(x - top), axis=axis, keepdims=True),
-                                   axis_name))
 
 
 # -- Barlow Twins and Mixed Barlow Twins ------------------------------------------------------
@@ -471,10 +461,10 @@ def sinkhorn_knopp(scores, *, epsilon=0.05, iterations=3, axis_name=None):
     scores = jax.lax.stop_gradient(embeddings(scores, "scores"))
     log_batch = jnp.log(jnp.asarray(_global_count(scores.shape[0], axis_name), scores.dtype))
     log_q = scores / epsilon
-    log_q = log_q - _global_logsumexp(log_q.reshape(1, -1), 1, axis_name).reshape(())
+    log_q = log_q - global_logsumexp(log_q, axis_name=axis_name)
     for _ in range(iterations):
-        log_q = log_q - _global_logsumexp(log_q, 0, axis_name)  # each prototype over the batch
-        log_q = log_q - _global_logsumexp(log_q, 1) - log_batch  # each example
+        log_q = log_q - global_logsumexp(log_q, 0, axis_name)  # each prototype over the batch
+        log_q = log_q - global_logsumexp(log_q, 1) - log_batch  # each example
     return jnp.exp(log_q + log_batch)
 
 

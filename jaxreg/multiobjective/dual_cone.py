@@ -49,12 +49,13 @@ def _inverse(gram):
     return (inverse + inverse.T) / 2
 
 
-def _first(mask, k):
+def _first(mask, k, dtype):
     """The indices of the first ``k`` True entries of each row of the boolean ``mask``
     ``[P, m]``, padded with 0, and which of them are real: ``(index [P, k], valid [P, k])``.
-    (The running count is a product with a triangular matrix: XLA's cumsum is slower.)"""
+    (The running count is a product with a triangular matrix of ``dtype``, a float type:
+    XLA's cumsum is slower.)"""
     m = mask.shape[-1]
-    count = mask.astype(jnp.float32) @ jnp.triu(jnp.ones((m, m), jnp.float32))
+    count = mask.astype(dtype) @ jnp.triu(jnp.ones((m, m), dtype))
     slot = jnp.where(mask & (count <= k), count - 1, k).astype(jnp.int32)  # k: dropped
     index = jax.vmap(lambda s: jnp.zeros(k, jnp.int32).at[s].set(
         jnp.arange(m, dtype=jnp.int32), mode="drop"))(slot)
@@ -70,7 +71,7 @@ def _solve_on(gram, inverse, lower, active, k):
     m = gram.shape[0]
     n_active = jnp.sum(active, axis=1)
     on_active = n_active <= m - n_active  # [P]
-    index, valid = _first(jnp.where(on_active[:, None], active, ~active), k)
+    index, valid = _first(jnp.where(on_active[:, None], active, ~active), k, gram.dtype)
     system = jnp.stack([gram, inverse])[on_active.astype(jnp.int32)[:, None, None],
                                         index[:, :, None], index[:, None, :]]  # [P, k, k]
     system = jnp.where(valid[:, :, None] & valid[:, None, :], system,
@@ -109,7 +110,7 @@ def _primal_dual(gram, lower, active, max_iters):
     def step(size):
         def body(carry):
             v, active, open_, count = carry
-            index, real = _first(open_[None], size)
+            index, real = _first(open_[None], size, gram.dtype)
             index = jnp.where(real[0], index[0], index[0, 0])  # padded with the first
             bounds, old = lower[index], active[index]
             solved = _solve_on(gram, inverse, bounds, old, k)
