@@ -124,7 +124,8 @@ def _primal_dual(gram, lower, active, max_iters):
 
     # a G that is not positive definite has no usable inverse: every problem goes to the
     # fallback
-    open_ = jnp.full(p, jnp.all(jnp.isfinite(inverse)))
+    usable = jnp.all(jnp.isfinite(inverse))
+    open_ = jnp.full(p, usable)
     carry = (jnp.zeros_like(lower), active, open_, 0)
     sizes = _stage_sizes(p)
     for size, after in zip(sizes, sizes[1:] + [0]):
@@ -132,7 +133,7 @@ def _primal_dual(gram, lower, active, max_iters):
             lambda c, after=after: (jnp.sum(c[2]) > after) & (c[3] < max_iters),
             step(size), carry)
     v, active, open_, count = carry
-    converged = ~open_ & jnp.all(jnp.isfinite(inverse))
+    converged = ~open_ & usable
     return v, active, count, converged
 
 
